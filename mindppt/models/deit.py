@@ -1,0 +1,68 @@
+"""Registered DeiT variants: dense ``deit_*`` and PPT ``ppt_deit_*`` (paper defaults), plus the small
+ViTs of the digits demo. Any PPT keyword works on either name (``r_tokens=0`` is dense)."""
+from .registry import register_model
+from .vit import VisionTransformer
+
+PPT_DEFAULTS = dict(r_tokens=50, pp_loc_list=(3, 6, 9), threshold=7e-5, prop_attn=True)
+DEIT_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def _build(arch, ppt, **kwargs):
+    config = dict(patch_size=16, img_size=224, r_tokens=0)
+    config.update(arch)
+    if ppt:
+        config.update(PPT_DEFAULTS)
+    config.update(kwargs)
+    return VisionTransformer(**config)
+
+
+@register_model
+def deit_tiny_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["tiny"], False, **kwargs)
+
+
+@register_model
+def deit_small_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["small"], False, **kwargs)
+
+
+@register_model
+def deit_base_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["base"], False, **kwargs)
+
+
+@register_model
+def ppt_deit_tiny_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["tiny"], True, **kwargs)
+
+
+@register_model
+def ppt_deit_small_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["small"], True, **kwargs)
+
+
+@register_model
+def ppt_deit_base_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["base"], True, **kwargs)
+
+
+DIGITS_ARCH = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
+DIGITS_PPT = dict(r_tokens=16, pp_loc_list=(1, 2, 3), threshold=1e-3, prop_attn=True)
+
+
+@register_model
+def vit_digits_patch4_32(**kwargs):
+    """Small ViT for 32x32 images (the built-in digits demo)."""
+    return _build(DIGITS_ARCH, False, **kwargs)
+
+
+@register_model
+def ppt_vit_digits_patch4_32(**kwargs):
+    """The digits ViT with PPT compression."""
+    config = dict(DIGITS_PPT)
+    config.update(kwargs)
+    return _build(DIGITS_ARCH, False, **config)

@@ -1,0 +1,116 @@
+"""Adaptive token compression of PPT: per image, prune inattentive tokens or pool duplicates.
+
+Static-shape formulation: both policies remove exactly ``r`` tokens, so each one is written as an
+assignment matrix ``M`` (B x N_out x N_in) whose rows say which input tokens form an output token
+(pruning: one-hot rows in score order; pooling: ToMe bipartite merges). Each image selects its matrix
+by its policy, and tokens, sizes and the source map are all products with ``M``. No data-dependent
+shapes, no host round-trip: one graph serves a batch that mixes both policies.
+
+Nothing here knows about configs, files or training.
+"""
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+
+
+def effective_r(num_tokens, r):
+    """Tokens one compression removes: at most half of the non-class tokens (spec, step 3)."""
+    return max(0, min(int(r), (int(num_tokens) - 1) // 2))
+
+
+class TokenCompression(nn.Cell):
+    """PPT's adaptive prune-or-pool for a fixed number of input tokens (class token at index 0).
+
+    Inputs (all computed by the block's attention; only the class-token row of ``attn`` is used):
+      x (B, N, C), attn (B, H, N, N) softmaxed, k and v (B, H, N, D), size (B, N) float32,
+      source (B, N, N0) or None.
+    Returns x (B, N - r, C), size (B, N - r), source or None, and an info tuple
+    ``(variance (B,), pooled (B,) bool, size, kept (B, N - r) int32, source)`` for inspection.
+    Scores, variance, the policy test and sizes stay in float32 whatever the compute dtype.
+    """
+
+    def __init__(self, num_tokens, r, threshold, trace_source=False):
+        super().__init__()
+        self.num_tokens = int(num_tokens)
+        self.r = effective_r(num_tokens, r)
+        self.num_out = self.num_tokens - self.r
+        self.threshold = float(threshold)
+        self.trace_source = trace_source
+        self.num_a = (self.num_tokens + 1) // 2  # even positions, class token included
+        self.num_b = self.num_tokens // 2  # odd positions
+        self.num_unmerged = self.num_a - self.r
+
+        # The class token's row of the A x B similarity is -inf so it is never merged.
+        protect = np.zeros((self.num_a, 1), np.float32)
+        protect[0, 0] = -np.inf
+        self.protect_cls = Tensor(protect)
+        # Each B token keeps itself: row j has a one at original position 2j + 1.
+        keep_b = np.zeros((self.num_b, self.num_tokens), np.float32)
+        keep_b[np.arange(self.num_b), 2 * np.arange(self.num_b) + 1] = 1.0
+        self.keep_b = Tensor(keep_b)
+        self.b_positions = Tensor((2 * np.arange(self.num_b) + 1).astype(np.int32))
+        # Ranking key that lists unmerged A tokens in ascending position.
+        self.neg_a_position = Tensor(-np.arange(self.num_a, dtype=np.float32))
+        self.cls_score = Tensor(np.full((1, 1), 2.0, np.float32))
+
+        self.bmm = ops.BatchMatMul()
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.bmm_tn = ops.BatchMatMul(transpose_a=True)
+        self.on = Tensor(1.0, ms.float32)
+        self.off = Tensor(0.0, ms.float32)
+
+    def significance(self, attn, v):
+        """Normalised ATS scores (B, N) with the class token set to 2, and their unbiased variance."""
+        cls_attn = attn[:, :, 0, :].astype(ms.float32).sum(axis=1)  # (B, N)
+        v32 = v.astype(ms.float32)
+        v_norm = ops.sqrt((v32 * v32).sum(axis=3).sum(axis=1))  # ||v_j|| over all heads
+        raw = (cls_attn * v_norm)[:, 1:]
+        normalised = raw / raw.sum(axis=1, keepdims=True)
+        centred = normalised - normalised.mean(axis=1, keep_dims=True)
+        variance = (centred * centred).sum(axis=1) / (self.num_tokens - 2)
+        cls = ops.broadcast_to(self.cls_score, (normalised.shape[0], 1))
+        return ops.concat((cls, normalised), axis=1), variance
+
+    def prune_assignment(self, scores):
+        """Keep the N - r best tokens in descending score order."""
+        _, keep = ops.topk(scores, self.num_out, sorted=True)
+        return ops.one_hot(keep, self.num_tokens, self.on, self.off), keep
+
+    def pool_assignment(self, k):
+        """ToMe bipartite soft matching on head-averaged keys, class token protected."""
+        metric = k.astype(ms.float32).mean(axis=1)
+        metric = metric / ops.sqrt((metric * metric).sum(axis=-1, keepdims=True))
+        a, b = metric[:, ::2, :], metric[:, 1::2, :]
+        similarity = self.bmm_nt(a, b) + self.protect_cls  # (B, Na, Nb)
+        best_match, best_b = ops.max(similarity, axis=-1)
+        _, merged_a = ops.topk(best_match, self.r, sorted=True)
+        target_b = ops.gather_elements(best_b, 1, merged_a)
+        is_merged = ops.one_hot(merged_a, self.num_a, self.on, self.off).sum(axis=1)
+        # Unmerged A tokens in ascending original position (class token first).
+        _, unmerged_a = ops.topk(self.neg_a_position - is_merged * (2.0 * self.num_a), self.num_unmerged)
+        unmerged_rows = ops.one_hot(unmerged_a * 2, self.num_tokens, self.on, self.off)
+        merged_sources = ops.one_hot(merged_a * 2, self.num_tokens, self.on, self.off)  # (B, r, N)
+        merged_targets = ops.one_hot(target_b, self.num_b, self.on, self.off)  # (B, r, Nb)
+        b_rows = self.keep_b + self.bmm_tn(merged_targets, merged_sources)
+        kept = ops.concat(
+            (unmerged_a * 2, ops.broadcast_to(self.b_positions, (k.shape[0], self.num_b))), axis=1)
+        return ops.concat((unmerged_rows, b_rows), axis=1), kept
+
+    def construct(self, x, attn, k, v, size, source):
+        scores, variance = self.significance(attn, v)
+        pooled = variance < self.threshold
+        prune_rows, prune_kept = self.prune_assignment(scores)
+        pool_rows, pool_kept = self.pool_assignment(k)
+        assignment = ops.select(pooled.reshape(-1, 1, 1), pool_rows, prune_rows)
+        kept = ops.select(pooled.reshape(-1, 1), pool_kept, prune_kept.astype(ms.int32))
+
+        # Size-weighted mean of each group; for pruning this is just a gather.
+        size_col = size.expand_dims(-1)
+        new_size_col = self.bmm(assignment, size_col)
+        weighted = self.bmm(assignment, x.astype(ms.float32) * size_col)
+        new_x = (weighted / new_size_col).astype(x.dtype)
+        new_size = new_size_col.squeeze(-1)
+        if self.trace_source:
+            source = self.bmm(assignment, source)
+        return new_x, new_size, source, (variance, pooled, new_size, kept, source)

@@ -1,0 +1,280 @@
+"""DeiT / ViT backbone with optional PPT compression, parameter names identical to timm's.
+
+Written for graph mode on every backend: static shapes, and the op choices that measured fastest on
+the CPU backend (patch embedding as one matmul, unstacked q/k/v, BatchMatMul attention).
+"""
+import math
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+from mindspore.common.initializer import initializer, TruncatedNormal, Zero, One
+
+from .ppt import TokenCompression, effective_r
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with timm's parameter names (weight, bias)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = Parameter(initializer(One(), (dim,), ms.float32), name="weight")
+        self.bias = Parameter(initializer(Zero(), (dim,), ms.float32), name="bias")
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        y, _, _ = self.layer_norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))
+        return y
+
+
+class PatchEmbed(nn.Cell):
+    """Non-overlapping patch projection. Holds a Conv2d's parameters (timm names and layout) but
+    computes it as reshape + matmul, which is several times faster than the strided conv on CPU."""
+
+    def __init__(self, img_size=224, patch_size=16, in_channels=3, embed_dim=768):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.grid = img_size // patch_size
+        self.num_patches = self.grid * self.grid
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size,
+                              pad_mode="valid", has_bias=True)
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        b = x.shape[0]
+        p, g = self.patch_size, self.grid
+        x = x.reshape(b, self.in_channels, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)
+        x = x.reshape(b * self.num_patches, self.in_channels * p * p)
+        w = self.proj.weight.reshape(self.embed_dim, -1).astype(x.dtype)
+        x = self.matmul(x, w) + self.proj.bias.astype(x.dtype)
+        return x.reshape(b, self.num_patches, self.embed_dim)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (identity at inference)."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
+
+    def construct(self, x):
+        if self.dropout is None or not self.training:
+            return x
+        mask = self.dropout(ops.ones((x.shape[0], 1, 1), x.dtype))
+        return x * mask
+
+
+class Mlp(nn.Cell):
+    def __init__(self, dim, hidden_dim, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Dense(dim, hidden_dim)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = nn.Dense(hidden_dim, dim)
+        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Cell):
+    """Multi-head self-attention; with ``prop_attn`` the logits get ``log(size_j)`` (ToMe/PPT).
+
+    Returns the output, the softmaxed attention and the per-head keys and values, which the
+    compression cell needs."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, prop_attn=False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.prop_attn = prop_attn
+        self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
+        self.proj = nn.Dense(dim, dim)
+        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.av = ops.BatchMatMul()
+        self.softmax = nn.Softmax(axis=-1)
+
+    def construct(self, x, size):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = ops.unstack(qkv, 0)
+        logits = self.qk(q * self.scale, k)
+        if self.prop_attn:
+            # log(size) in float32; sizes are integers up to N and must not round.
+            log_size = ops.log(size).reshape(b, 1, 1, n)
+            logits = (logits.astype(ms.float32) + log_size).astype(q.dtype)
+        attn = self.softmax(logits)
+        out = self.av(self.attn_drop(attn), v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj_drop(self.proj(out)), attn, k, v
+
+
+class Block(nn.Cell):
+    """Pre-norm transformer block; ``compression`` (a TokenCompression or None) runs between the
+    attention and MLP residuals."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0, prop_attn=False, compression=None):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, prop_attn)
+        self.drop_path = DropPath(drop_path)
+        self.compression = compression
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def construct(self, x, size, source):
+        out, attn, k, v = self.attn(self.norm1(x), size)
+        x = x + self.drop_path(out)
+        info = None
+        if self.compression is not None:
+            x, size, source, info = self.compression(x, attn, k, v, size, source)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, size, source, info
+
+
+def normalise_r_tokens(r_tokens, depth, pp_loc_list):
+    """Per-block list of tokens to remove: an int applies to every block in ``pp_loc_list``."""
+    pp_loc_list = tuple(int(i) for i in pp_loc_list)
+    for i in pp_loc_list:
+        if not 0 <= i < depth:
+            raise ValueError(f"pp_loc_list entry {i} is out of range: blocks are 0..{depth - 1}")
+    if isinstance(r_tokens, (list, tuple)):
+        if len(r_tokens) != depth:
+            raise ValueError(f"r_tokens as a list needs one entry per block ({depth}), got {len(r_tokens)}")
+        values = [int(r) for r in r_tokens]
+    else:
+        values = [int(r_tokens)] * depth
+    if any(r < 0 for r in values):
+        raise ValueError(f"r_tokens must be >= 0, got {r_tokens}")
+    return [values[i] if i in pp_loc_list else 0 for i in range(depth)]
+
+
+class VisionTransformer(nn.Cell):
+    """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
+    the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model."""
+
+    def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768,
+                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.0, r_tokens=0, pp_loc_list=(3, 6, 9),
+                 threshold=7e-5, prop_attn=True, trace_source=False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.threshold = float(threshold)
+        self.trace_source = bool(trace_source)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
+        num_tokens = self.patch_embed.num_patches + 1
+        self.num_original_tokens = num_tokens
+        self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dim), ms.float32),
+                                   name="cls_token")
+        self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_tokens, embed_dim), ms.float32),
+                                   name="pos_embed")
+        self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+
+        self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
+        drop_path = np.linspace(0, drop_path_rate, depth).tolist()
+        blocks = []
+        self.token_schedule = []  # (tokens in, tokens out) per block
+        sizes_vary = False  # sizes stay 1 (log 0) until the first compression
+        for i in range(depth):
+            r = effective_r(num_tokens, self.r_per_block[i])
+            compression = None
+            if r > 0:
+                compression = TokenCompression(num_tokens, r, threshold, trace_source)
+            blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+                                drop_path[i], prop_attn and sizes_vary, compression))
+            self.token_schedule.append((num_tokens, num_tokens - r))
+            num_tokens -= r
+            sizes_vary = sizes_vary or r > 0
+        self.blocks = nn.CellList(blocks)
+        self.norm = LayerNorm(embed_dim)
+        self.head_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self):
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Dense):
+                cell.weight.set_data(initializer(TruncatedNormal(0.02), cell.weight.shape, cell.weight.dtype))
+                if cell.bias is not None:
+                    cell.bias.set_data(initializer(Zero(), cell.bias.shape, cell.bias.dtype))
+
+    @property
+    def compression_blocks(self):
+        return [i for i, (n_in, n_out) in enumerate(self.token_schedule) if n_out < n_in]
+
+    def set_threshold(self, threshold):
+        """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate); recompiles."""
+        self.threshold = float(threshold)
+        for blk in self.blocks:
+            if blk.compression is not None:
+                blk.compression.threshold = float(threshold)
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        b = x.shape[0]
+        cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, self.embed_dim))
+        x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
+        x = self.pos_drop(x)
+        size = ops.ones((b, self.num_original_tokens), ms.float32)
+        source = None
+        if self.trace_source:
+            eye = ops.eye(self.num_original_tokens, self.num_original_tokens, ms.float32)
+            source = ops.broadcast_to(eye.expand_dims(0), (b, self.num_original_tokens, self.num_original_tokens))
+        infos = ()
+        for blk in self.blocks:
+            x, size, source, info = blk(x, size, source)
+            if info is not None:
+                infos = infos + (info,)
+        return self.norm(x), infos
+
+    def forward_head(self, x):
+        return self.head(self.head_drop(x[:, 0]))
+
+    def construct(self, x):
+        x, _ = self.forward_features(x)
+        return self.forward_head(x)
+
+
+class CompressionInspector(nn.Cell):
+    """Wraps a model so one (graph-mode) call returns the logits and, per compression block,
+    ``(variance, pooled, size, kept, source)``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def construct(self, x):
+        features, infos = self.model.forward_features(x)
+        return self.model.forward_head(features), infos
+
+
+def inspect_compression(model, images):
+    """Run ``model`` on ``images`` and return (logits, list of per-block dicts of numpy arrays)."""
+    inspector = CompressionInspector(model)
+    inspector.set_train(False)
+    if not isinstance(images, Tensor):
+        images = Tensor(np.asarray(images, np.float32))
+    logits, infos = inspector(images)
+    keys = ("variance", "pooled", "size", "kept", "source")
+    blocks = model.compression_blocks
+    out = []
+    for block, info in zip(blocks, infos):
+        entry = {"block": block}
+        for key, value in zip(keys, info):
+            entry[key] = None if value is None else value.asnumpy()
+        out.append(entry)
+    return logits.asnumpy(), out

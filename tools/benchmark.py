@@ -1,0 +1,160 @@
+"""Throughput benchmark in GRAPH_MODE: img/s, latency, compile time, peak memory, GMACs.
+
+Models are measured alternately in one process so machine drift hits them equally; compilation and
+warm-up are excluded and the median of the repeats is reported.
+
+  python tools/benchmark.py --models deit_small_patch16_224 ppt_deit_small_patch16_224 \
+      --batch_size 1 8 32 [--train] [--json OUT.json]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def rss_mb():
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Samples the process's resident memory while a block runs (Linux /proc)."""
+
+    def __init__(self, interval=0.005):
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = rss_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+class Runner:
+    """One model at one batch size, inference or a full training step."""
+
+    def __init__(self, name, batch_size, train, image_size, num_classes):
+        import mindspore as ms
+        from mindspore import nn
+        from mindppt.models import create_model
+        from mindppt.utils.flops import model_gmacs
+
+        self.name, self.batch_size, self.train = name, batch_size, train
+        self.model = create_model(name, num_classes=num_classes, img_size=image_size)
+        self.gmacs = model_gmacs(self.model)
+        rng = np.random.default_rng(0)
+        self.images = ms.Tensor(rng.standard_normal((batch_size, 3, image_size, image_size), np.float32))
+        if train:
+            self.labels = ms.Tensor(rng.integers(0, num_classes, batch_size).astype(np.int32))
+            loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+            optimizer = nn.AdamWeightDecay(self.model.trainable_params(), learning_rate=1e-5)
+            self.step = nn.TrainOneStepCell(nn.WithLossCell(self.model, loss), optimizer)
+            self.step.set_train(True)
+        else:
+            self.model.set_train(False)
+        self.compile_s = None
+        self.times = []
+        self.peak_mb = 0.0
+
+    def run_once(self):
+        start = time.perf_counter()
+        out = self.step(self.images, self.labels) if self.train else self.model(self.images)
+        out.asnumpy()  # wait for the device
+        return time.perf_counter() - start
+
+    def compile(self, warmup):
+        self.compile_s = self.run_once()  # first call = graph compilation + one run
+        for _ in range(warmup):
+            self.run_once()
+
+    def measure(self, iters):
+        with PeakMemory() as mem:
+            for _ in range(iters):
+                self.times.append(self.run_once())
+        self.peak_mb = max(self.peak_mb, mem.peak)
+
+    def result(self):
+        latency = statistics.median(self.times)
+        return {
+            "model": self.name, "batch_size": self.batch_size, "mode": "train" if self.train else "infer",
+            "img_per_s": self.batch_size / latency, "latency_ms": latency * 1e3,
+            "compile_s": self.compile_s, "peak_mem_mb": self.peak_mb, "gmacs": self.gmacs,
+            "repeats": len(self.times),
+        }
+
+
+def print_row(r, file=sys.stdout):
+    print(f"{r['model']:<32} {r['mode']:<5} {r['batch_size']:>5} {r['img_per_s']:>9.2f} {r['latency_ms']:>11.1f} "
+          f"{r['compile_s']:>9.1f} {r['peak_mem_mb']:>9.0f} {r['gmacs']:>7.3f}", file=file, flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["deit_small_patch16_224", "ppt_deit_small_patch16_224"])
+    p.add_argument("--batch_size", nargs="+", type=int, default=[32])
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--num_classes", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds over the models")
+    p.add_argument("--iters", type=int, default=2, help="timed calls per model per round")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--train", action="store_true", help="also time a training step (fwd+bwd+AdamW)")
+    p.add_argument("--device_target", default="CPU")
+    p.add_argument("--jit_level", default="", help="O0/O1/O2; empty keeps MindSpore's default")
+    p.add_argument("--json", default="", help="write the results as a JSON list")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import mindspore as ms
+    from mindppt.utils.device import setup_device
+
+    setup_device(args.device_target, mode="graph", jit_level=args.jit_level or None)
+    print(f"mindspore {ms.__version__}, device {args.device_target}, cpus {os.cpu_count()}")
+    header = f"{'model':<32} {'mode':<5} {'batch':>5} {'img/s':>9} {'latency_ms':>11} {'compile_s':>9} {'peak_MB':>9} {'GMACs':>7}"
+    print(header)
+    results = []
+    modes = [False, True] if args.train else [False]
+    for train in modes:
+        for batch in args.batch_size:
+            runners = [Runner(name, batch, train, args.image_size, args.num_classes) for name in args.models]
+            for runner in runners:
+                runner.compile(args.warmup)
+            for _ in range(args.rounds):
+                for runner in runners:
+                    runner.measure(args.iters)
+            rows = [runner.result() for runner in runners]
+            base = rows[0]["img_per_s"]
+            for row in rows:
+                row["speedup_vs_first"] = row["img_per_s"] / base
+                print_row(row)
+            results.extend(rows)
+            del runners
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -98,6 +98,8 @@ class TokenCompression(nn.Cell):
         return ops.concat((unmerged_rows, b_rows), axis=1), kept
 
     def construct(self, x, attn, k, v, size, source):
+        # Scores and matching only make discrete choices: no gradient flows through them.
+        attn, k, v = ops.stop_gradient(attn), ops.stop_gradient(k), ops.stop_gradient(v)
         scores, variance = self.significance(attn, v)
         pooled = variance < self.threshold
         prune_rows, prune_kept = self.prune_assignment(scores)

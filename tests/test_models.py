@@ -1,0 +1,134 @@
+"""Model behaviour in GRAPH_MODE: registry, token schedule, per-image policy on mixed batches,
+size and source bookkeeping, and gradients through the compression."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn
+
+from mindppt.models import create_model, list_models, inspect_compression
+from mindppt.utils.flops import model_gmacs
+from model_helpers import sharpen_attention, random_images
+
+
+def test_registry_lists_every_variant():
+    names = set(list_models())
+    for size in ("tiny", "small", "base"):
+        assert f"deit_{size}_patch16_224" in names
+        assert f"ppt_deit_{size}_patch16_224" in names
+    with pytest.raises(ValueError, match="ppt_deit_small_patch16_224"):
+        create_model("ppt_deit_smal_patch16_224")
+
+
+def test_parameter_names_follow_timm():
+    model = create_model("deit_tiny_patch16_224", num_classes=10)
+    params = {name: p.shape for name, p in model.parameters_and_names()}
+    assert params["patch_embed.proj.weight"] == (192, 3, 16, 16)
+    assert params["blocks.0.attn.qkv.weight"] == (576, 192)
+    assert params["blocks.11.mlp.fc2.weight"] == (192, 768)
+    assert params["blocks.3.norm1.weight"] == (192,)
+    assert params["head.weight"] == (10, 192)
+    assert params["pos_embed"] == (1, 197, 192)
+    assert params["cls_token"] == (1, 1, 192)
+    assert len(params) == 4 + 12 * 12 + 4
+
+
+def test_token_schedule_and_gmacs():
+    ppt = create_model("ppt_deit_small_patch16_224")
+    tokens = [ppt.token_schedule[0][0]] + [n_out for n_in, n_out in ppt.token_schedule if n_out < n_in]
+    assert tokens == [197, 147, 97, 49]
+    assert model_gmacs(ppt) == pytest.approx(2.941, abs=1e-3)
+    assert model_gmacs(create_model("deit_small_patch16_224")) == pytest.approx(4.599, abs=1e-3)
+    dense = create_model("ppt_deit_small_patch16_224", r_tokens=0)
+    assert all(n_in == n_out for n_in, n_out in dense.token_schedule)
+    per_block = create_model("ppt_deit_tiny_patch16_224", r_tokens=[0, 0, 0, 10, 0, 0, 30, 0, 0, 200, 0, 0])
+    assert [n for _, n in per_block.token_schedule][3::3] == [187, 157, 79]  # 200 is clamped to (157-1)//2
+
+
+def test_bad_compression_arguments_are_named():
+    with pytest.raises(ValueError, match="pp_loc_list entry 12"):
+        create_model("ppt_deit_tiny_patch16_224", pp_loc_list=(3, 12))
+    with pytest.raises(ValueError, match="one entry per block"):
+        create_model("ppt_deit_tiny_patch16_224", r_tokens=[1, 2])
+
+
+@pytest.fixture(scope="module")
+def mixed_small():
+    """DeiT-S with source tracing and a threshold splitting the batch at block 3."""
+    ms.set_seed(1)
+    model = create_model("ppt_deit_small_patch16_224", trace_source=True, threshold=1e9, num_classes=100)
+    sharpen_attention(model)
+    images = random_images(8)
+    _, infos = inspect_compression(model, images)
+    variances = np.sort(infos[0]["variance"])
+    model.set_threshold(float(variances[3] + variances[4]) / 2)
+    logits, infos = inspect_compression(model, images)
+    return model, images, logits, infos
+
+
+def test_mixed_batch_has_both_policies(mixed_small):
+    _, _, _, infos = mixed_small
+    assert infos[0]["pooled"].sum() == 4
+    assert [info["size"].shape[1] for info in infos] == [147, 97, 49]
+
+
+def test_mixed_batch_equals_each_image_alone(mixed_small):
+    model, images, logits, infos = mixed_small
+    for i in range(len(images)):
+        alone_logits, alone = inspect_compression(model, images[i:i + 1])
+        np.testing.assert_allclose(alone_logits[0], logits[i], rtol=1e-4, atol=1e-5)
+        for block_batch, block_alone in zip(infos, alone):
+            assert block_alone["pooled"][0] == block_batch["pooled"][i]
+            np.testing.assert_array_equal(block_alone["kept"][0], block_batch["kept"][i])
+            np.testing.assert_array_equal(block_alone["size"][0], block_batch["size"][i])
+            np.testing.assert_array_equal(block_alone["source"][0], block_batch["source"][i])
+
+
+def test_sizes_and_source_bookkeeping(mixed_small):
+    _, images, _, infos = mixed_small
+    n0 = 197
+    for i in range(len(images)):
+        size, source = np.ones(n0), np.eye(n0)
+        for info in infos:
+            kept, new_size, new_source = info["kept"][i], info["size"][i], info["source"][i]
+            assert set(np.unique(new_source)) <= {0.0, 1.0}
+            assert new_source.sum(axis=0).max() <= 1  # every patch in at most one token
+            np.testing.assert_array_equal(new_source.sum(axis=1), new_size)
+            assert new_source[0, 0] == 1  # class token first, alone
+            if info["pooled"][i]:
+                assert new_size.sum() == size.sum()  # pooling conserves the total size
+                np.testing.assert_array_equal(new_source.sum(axis=0), source.sum(axis=0))
+                # each output token's group contains the token it is anchored at
+                assert np.all(new_source >= source[kept])
+            else:
+                np.testing.assert_array_equal(new_size, size[kept])
+                np.testing.assert_array_equal(new_source, source[kept])
+                removed = np.setdiff1d(np.arange(len(size)), kept)
+                assert size.sum() - new_size.sum() == size[removed].sum()
+                # pruned tokens' patches belong to no token any more
+                assert new_source[:, source[removed].sum(axis=0) > 0].sum() == 0
+            size, source = new_size, new_source
+
+
+def test_dense_has_no_compression_and_same_features_before_first_block():
+    dense = create_model("deit_tiny_patch16_224", num_classes=10)
+    logits, infos = inspect_compression(dense, random_images(2, seed=3))
+    assert infos == [] and logits.shape == (2, 10)
+
+
+def test_training_step_in_graph_mode_updates_every_block():
+    ms.set_seed(0)
+    model = create_model("ppt_deit_tiny_patch16_224", num_classes=10, drop_path_rate=0.1, threshold=1e9)
+    images = random_images(4, seed=5)
+    _, infos = inspect_compression(model, images)
+    variances = np.sort(infos[0]["variance"])
+    model.set_threshold(float(variances[1] + variances[2]) / 2)  # two images pool, two prune
+    before = {name: p.asnumpy().copy() for name, p in model.parameters_and_names()}
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-3)
+    step = nn.TrainOneStepCell(nn.WithLossCell(model, loss_fn), optimizer)
+    step.set_train(True)
+    loss = step(ms.Tensor(images), ms.Tensor(np.array([1, 2, 3, 4], np.int32)))
+    assert np.isfinite(loss.asnumpy())
+    unchanged = [name for name, p in model.parameters_and_names() if np.array_equal(before[name], p.asnumpy())]
+    assert unchanged == [], f"parameters not updated: {unchanged}"

@@ -1,0 +1,539 @@
+"""mindcv-style configuration: one argparse parser for every option, YAML recipes as its defaults.
+
+Precedence, lowest to highest: the parser defaults below < the YAML file given by ``-c/--config`` <
+``--key value`` on the command line. YAML files are flat mappings whose keys are exactly the option
+names (``batch_size: 128``); every YAML value goes through the same type function as the command line,
+so ``threshold: 6e-5`` (a string to PyYAML) and ``--threshold 6e-5`` both become the float 6e-05.
+
+Value syntax (command line and YAML alike):
+
+* booleans: ``true/false/1/0/yes/no/on/off`` (any case); on the command line ``--ema`` alone means true.
+* lists: a YAML list, or one comma-separated token on the command line (``--pp_loc_list 3,6,9``,
+  ``--scale 0.08,1.0``); ``r_tokens`` takes an int (every block in ``pp_loc_list``) or one int per block.
+* optional values: ``none`` / ``null`` / an empty string (``--lr none``, ``auto_augment: null``) unset them.
+
+Learning rate: ``lr`` is absolute and wins when set. Otherwise ``lr = lr_per_512 * global_batch / 512``
+(DeiT's linear scaling rule, global_batch = batch_size * number of devices), computed by
+:func:`resolve_lr`. ``min_lr`` and ``warmup_lr`` are absolute, never scaled (as in DeiT).
+
+User errors (unknown keys, wrong types, unreadable YAML) exit through ``parser.error`` (status 2, a
+message, no traceback). :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`
+instead, for programmatic use.
+"""
+import argparse
+import difflib
+import math
+import os
+import sys
+import tempfile
+
+import yaml
+
+__all__ = ["ConfigError", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
+           "default_config", "resolve_lr", "model_kwargs", "str2bool"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid (the message says which file, key and value)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Type functions. Each takes a command-line string *or* a value loaded from YAML (int, float, bool,
+# list, None) and returns the converted value or raises argparse.ArgumentTypeError with a message that
+# names the value and the expected type.
+# ----------------------------------------------------------------------------------------------------
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+_NONE = {"none", "null", "~", ""}
+
+
+def _named(name):
+    def deco(fn):
+        fn.__name__ = name
+        return fn
+    return deco
+
+
+def _shown(value):
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def str2bool(value):
+    """true/false/1/0/yes/no/on/off (any case), or a YAML bool."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0), got {_shown(value)}")
+
+
+def _int(lo=None, hi=None):
+    @_named("int")
+    def conv(value):
+        out = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            out = value
+        elif isinstance(value, str):
+            try:
+                out = int(value.strip())
+            except ValueError:
+                out = None
+        if out is None:
+            raise argparse.ArgumentTypeError(f"expected an int, got {_shown(value)}")
+        _check_range(out, lo, hi, "an int")
+        return out
+    return conv
+
+
+def _float(lo=None, hi=None, lo_open=False):
+    @_named("float")
+    def conv(value):
+        out = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())
+            except ValueError:
+                out = None
+        if out is None or math.isnan(out):
+            raise argparse.ArgumentTypeError(f"expected a float, got {_shown(value)}")
+        _check_range(out, lo, hi, "a float", lo_open)
+        return out
+    return conv
+
+
+def _check_range(value, lo, hi, kind, lo_open=False):
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        left = "(" if lo_open else "["
+        bounds = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise argparse.ArgumentTypeError(f"expected {kind} in {bounds}, got {value}")
+
+
+@_named("str")
+def _str(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. ``output_dir: 2024``
+    raise argparse.ArgumentTypeError(f"expected a string, got {_shown(value)}")
+
+
+def _choice(*choices, aliases=None):
+    """Case-insensitive choice returning the canonical spelling; ``aliases`` maps extra spellings."""
+    table = {c.lower(): c for c in choices}
+    table.update({str(k).lower(): v for k, v in (aliases or {}).items()})
+
+    @_named("choice")
+    def conv(value):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            key = str(value).strip().lower()
+            if key in table:
+                return table[key]
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {_shown(value)}")
+    conv.choices = choices
+    return conv
+
+
+def _split(value):
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [t for t in text.replace(",", " ").split()]
+
+
+def _list(elem, length=None, min_length=0, unique=False):
+    """A list of ``elem``: a YAML list/scalar, or one comma-separated command-line token."""
+    @_named(f"list of {elem.__name__}")
+    def conv(value):
+        if isinstance(value, str):
+            items = _split(value)
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]
+        else:
+            raise argparse.ArgumentTypeError(f"expected a list of {elem.__name__}s, got {_shown(value)}")
+        try:
+            out = [elem(v) for v in items]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"in list {_shown(value)}: {err}") from None
+        if length is not None and len(out) != length:
+            raise argparse.ArgumentTypeError(
+                f"expected a list of {length} {elem.__name__}s, got {len(out)}: {_shown(value)}")
+        if len(out) < min_length:
+            raise argparse.ArgumentTypeError(
+                f"expected at least {min_length} {elem.__name__}s, got {_shown(value)}")
+        if unique and len(set(out)) != len(out):
+            raise argparse.ArgumentTypeError(f"expected distinct values, got {_shown(value)}")
+        return out
+    return conv
+
+
+def _int_or_list(lo=None):
+    """``r_tokens``: one int, or a list of ints (one per block)."""
+    one = _int(lo=lo)
+    many = _list(_int(lo=lo), min_length=1)
+
+    @_named("int or list of ints")
+    def conv(value):
+        if isinstance(value, (list, tuple)) or (isinstance(value, str) and len(_split(value)) > 1):
+            return many(value)
+        if isinstance(value, str) and value.strip().startswith("["):
+            return many(value)
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return one(value)  # its message has the range
+        raise argparse.ArgumentTypeError(f"expected an int or a list of ints, got {_shown(value)}")
+    return conv
+
+
+def _optional(fn):
+    """``fn`` that also accepts None / 'none' / 'null' / '' (meaning: unset)."""
+    @_named(f"{fn.__name__} or none")
+    def conv(value):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            return None
+        return fn(value)
+    conv.choices = getattr(fn, "choices", None)
+    return conv
+
+
+# ----------------------------------------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _add(group, name, type_fn, default, help_text, metavar=None):
+    choices = getattr(type_fn, "choices", None)
+    if metavar is None and choices:
+        metavar = "{" + ",".join(choices) + "}"
+    kwargs = dict(type=type_fn, default=default, help=help_text, metavar=metavar)
+    if type_fn is str2bool:
+        kwargs.update(nargs="?", const=True, metavar="BOOL")
+    group.add_argument(f"--{name}", **kwargs)
+
+
+def build_parser():
+    """Every training/evaluation option with its type, default and help, in mindcv-like groups."""
+    parser = argparse.ArgumentParser(
+        description="mindppt training / evaluation. Values come from the defaults below, then the YAML "
+                    "file of -c/--config, then --key value on the command line.",
+        formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser.add_argument("-c", "--config", type=str, default=None,
+                        help="YAML recipe (flat mapping of option: value) used as defaults")
+
+    g = parser.add_argument_group("system")
+    _add(g, "device_target", _choice("CPU", "GPU", "Ascend"), "CPU", "backend device")
+    _add(g, "device_id", _int(lo=0), 0, "device index (single-device runs)")
+    _add(g, "mode", _choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
+         "execution mode (0/1 are accepted as MindSpore's GRAPH_MODE/PYNATIVE_MODE)")
+    _add(g, "jit_level", _optional(_choice("O0", "O1", "O2")), None,
+         "graph compile level (jit_config jit_level); none = MindSpore's default for the backend")
+    _add(g, "distribute", str2bool, False, "data-parallel training over all launched devices (msrun/mpirun)")
+    _add(g, "seed", _int(lo=0), 42, "random seed")
+    _add(g, "output_dir", _str, "outputs/run", "directory for logs, checkpoints and the saved config")
+
+    g = parser.add_argument_group("model")
+    _add(g, "model", _str, "ppt_deit_small_patch16_224", "registered model name")
+    _add(g, "num_classes", _int(lo=1), 1000, "number of classes")
+    _add(g, "pretrained", str2bool, False,
+         "load published weights by name (no download exists: convert weights and use checkpoint_path)")
+    _add(g, "checkpoint_path", _optional(_str), None,
+         "MindSpore checkpoint to initialise the model from (e.g. converted DeiT weights)")
+    _add(g, "r_tokens", _optional(_int_or_list(lo=0)), None,
+         "tokens removed in each block of pp_loc_list: an int, or one int per block (0 = dense); "
+         "none = the model's default (ppt_*: 50)")
+    _add(g, "pp_loc_list", _optional(_list(_int(lo=0), unique=True)), None,
+         "0-indexed blocks that compress tokens, e.g. 3,6,9; none = the model's default")
+    _add(g, "threshold", _optional(_float(lo=0.0)), None,
+         "policy threshold on the score variance used in training (below: pool, else prune); "
+         "none = the model's default (ppt_*: 7e-5)")
+    _add(g, "eval_threshold", _optional(_float(lo=0.0)), None,
+         "threshold used for evaluation; none = same as threshold")
+    _add(g, "prop_attn", _optional(str2bool), None,
+         "proportional attention (log of token sizes added to the logits); none = the model's default")
+    _add(g, "drop_rate", _float(0.0, 1.0), 0.0, "dropout rate")
+    _add(g, "drop_path_rate", _float(0.0, 1.0), 0.1, "stochastic depth rate (linearly increasing per block)")
+    _add(g, "img_size", _optional(_int(lo=1)), None, "model input resolution; none = image_size")
+    _add(g, "ema", str2bool, False, "keep an exponential moving average of the weights")
+    _add(g, "ema_decay", _float(0.0, 1.0), 0.99996, "EMA decay per step (DeiT: 0.99996)")
+
+    g = parser.add_argument_group("data")
+    _add(g, "data_dir", _str, "data/imagenet", "dataset root holding the train/val split folders")
+    _add(g, "train_split", _str, "train", "training split sub-directory")
+    _add(g, "val_split", _str, "val", "validation split sub-directory")
+    _add(g, "num_parallel_workers", _int(lo=1), 4, "data-loading workers per device")
+    _add(g, "batch_size", _int(lo=1), 128, "batch size per device")
+    _add(g, "image_size", _int(lo=1), 224, "train crop / eval image size")
+    _add(g, "interpolation", _choice("bilinear", "bicubic", "nearest"), "bicubic",
+         "resize interpolation")
+    _add(g, "scale", _list(_float(lo=0.0, lo_open=True), length=2), [0.08, 1.0],
+         "RandomResizedCrop area scale range (min,max)")
+    _add(g, "ratio", _list(_float(lo=0.0, lo_open=True), length=2), [0.75, 1.3333333333333333],
+         "RandomResizedCrop aspect ratio range (min,max)")
+    _add(g, "hflip", _float(0.0, 1.0), 0.5, "horizontal flip probability")
+    _add(g, "auto_augment", _optional(_str), "rand-m9-mstd0.5-inc1",
+         "timm-style augmentation policy (rand-m9-mstd0.5-inc1 is DeiT's RandAugment); none = off")
+    _add(g, "color_jitter", _optional(_float(lo=0.0)), 0.4,
+         "color jitter strength (like timm, not applied when auto_augment is set); none = off")
+    _add(g, "re_prob", _float(0.0, 1.0), 0.25, "random erasing probability")
+    _add(g, "mixup", _float(lo=0.0), 0.8, "mixup alpha (0 = off)")
+    _add(g, "cutmix", _float(lo=0.0), 1.0, "cutmix alpha (0 = off)")
+    _add(g, "mixup_prob", _float(0.0, 1.0), 1.0, "probability of applying mixup or cutmix to a batch")
+    _add(g, "mixup_switch_prob", _float(0.0, 1.0), 0.5,
+         "probability of cutmix instead of mixup when both are on")
+    _add(g, "label_smoothing", _float(0.0, 1.0), 0.1, "label smoothing")
+    _add(g, "crop_pct", _float(lo=0.0, hi=1.0, lo_open=True), 0.875,
+         "eval: resize to image_size / crop_pct, then center-crop image_size")
+    _add(g, "repeated_aug", str2bool, False, "repeated augmentation sampler (DeiT; 3 repeats)")
+    _add(g, "mean", _list(_float(), length=3), [0.485, 0.456, 0.406],
+         "normalisation mean in [0, 1] units (multiply by 255 for uint8 pipelines)")
+    _add(g, "std", _list(_float(lo=0.0, lo_open=True), length=3), [0.229, 0.224, 0.225],
+         "normalisation std in [0, 1] units")
+
+    g = parser.add_argument_group("optimizer")
+    _add(g, "opt", _choice("adamw", "sgd", "momentum"), "adamw", "optimizer")
+    _add(g, "lr", _optional(_float(lo=0.0)), None,
+         "absolute peak learning rate; when set, lr_per_512 is ignored")
+    _add(g, "lr_per_512", _optional(_float(lo=0.0)), 5e-4,
+         "peak learning rate per 512 images: lr = lr_per_512 * batch_size * devices / 512 (DeiT rule)")
+    _add(g, "weight_decay", _float(lo=0.0), 0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
+    _add(g, "filter_bias_and_bn", str2bool, True,
+         "no weight decay for biases, 1-D parameters (norms), pos_embed and cls_token")
+    _add(g, "momentum", _float(0.0, 1.0), 0.9, "momentum for sgd/momentum")
+    _add(g, "betas", _list(_float(0.0, 1.0), length=2), [0.9, 0.999], "AdamW beta1,beta2")
+    _add(g, "eps", _float(lo=0.0, lo_open=True), 1e-8, "AdamW epsilon")
+
+    g = parser.add_argument_group("schedule")
+    _add(g, "scheduler", _choice("cosine", "constant"), "cosine", "learning-rate schedule after warmup")
+    _add(g, "epoch_size", _int(lo=1), 300, "number of training epochs")
+    _add(g, "warmup_epochs", _float(lo=0.0), 5.0, "linear warmup length in epochs (per-step, may be fractional)")
+    _add(g, "min_lr", _float(lo=0.0), 1e-5, "final learning rate of the cosine (absolute, not scaled)")
+    _add(g, "warmup_lr", _float(lo=0.0), 1e-6, "learning rate at the first warmup step (absolute)")
+
+    g = parser.add_argument_group("train")
+    _add(g, "amp_level", _choice("O0", "O1", "O2", "O3"), "O0", "mixed precision level")
+    _add(g, "loss_scale_type", _choice("fixed", "dynamic", "none"), "none", "loss scaling")
+    _add(g, "loss_scale", _float(lo=0.0, lo_open=True), 1024.0,
+         "fixed loss scale, or the initial scale for dynamic")
+    _add(g, "clip_grad", _float(lo=0.0), 0.0, "clip gradients to this global L2 norm (0 = off)")
+    _add(g, "ckpt_path", _optional(_str), None, "checkpoint to evaluate")
+    _add(g, "resume", _optional(_str), None, "training checkpoint to resume from (weights, optimizer, epoch)")
+    _add(g, "save_every", _int(lo=1), 1, "save a checkpoint every N epochs")
+    _add(g, "log_interval", _int(lo=1), 50, "log every N steps")
+    _add(g, "val_interval", _int(lo=1), 1, "validate every N epochs")
+    _add(g, "keep_checkpoints", _int(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
+
+    g = parser.add_argument_group("eval")
+    _add(g, "metrics_out", _optional(_str), None, "write evaluation metrics to this JSON file")
+    return parser
+
+
+def _options(parser):
+    """{dest: action} for every option a YAML file may set (everything except -c/--config, -h)."""
+    return {a.dest: a for a in parser._actions  # pylint: disable=protected-access
+            if a.option_strings and a.dest not in ("help", "config")}
+
+
+def default_config():
+    """The parser defaults as a dict (no YAML, no command line)."""
+    return {k: a.default for k, a in _options(build_parser()).items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML
+# ----------------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path):
+    """Read a YAML recipe into a dict (raw values, not yet validated). Raises ConfigError."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config path is not a file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and cmark is not None and cmark is not mark:
+            # e.g. an unclosed '[': the problem is at the end of the file, the cause where it opened
+            problem = f"{problem} ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    if data is None:  # empty or comments only
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of option: value, "
+                          f"got a {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: option names must be strings, got {', '.join(map(repr, bad))}")
+    return data
+
+
+def validate_config(cfg, parser=None, source="<config>"):
+    """Check every key against the parser's options and convert every value with the option's type
+    function. Returns a new dict. Raises ConfigError naming ``source``, the key, the value and the
+    expected type."""
+    parser = parser or build_parser()
+    options = _options(parser)
+    unknown = [k for k in cfg if k not in options]
+    if unknown:
+        lines = []
+        for key in unknown:
+            if key == "config":
+                lines.append("'config' cannot be set inside a config file")
+                continue
+            close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)
+            hint = f" (did you mean: {', '.join(close)}?)" if close else " (no similar option; see --help)"
+            lines.append(f"unknown option {key!r}{hint}")
+        raise ConfigError(f"{source}: " + "; ".join(lines))
+    out = {}
+    for key, value in cfg.items():
+        action = options[key]
+        try:
+            out[key] = action.type(value)
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"{source}: invalid value for option '{key}': {err}") from None
+    return out
+
+
+def _check_namespace(args):
+    """Cross-option checks and resolution of the 'same as' defaults. Returns an error message or None."""
+    if args.lr is None and args.lr_per_512 is None:
+        return "set one of lr (absolute) or lr_per_512 (scaled by the global batch)"
+    if args.warmup_epochs > args.epoch_size:
+        return f"warmup_epochs ({args.warmup_epochs}) exceeds epoch_size ({args.epoch_size})"
+    if args.scale[0] > args.scale[1] or args.ratio[0] > args.ratio[1]:
+        return "scale and ratio must be (min,max) with min <= max"
+    if args.eval_threshold is None:
+        args.eval_threshold = args.threshold
+    if args.img_size is None:
+        args.img_size = args.image_size
+    return None
+
+
+def parse_args(argv=None):
+    """Parse ``argv`` (default sys.argv[1:]): defaults < YAML of -c/--config < command line.
+    User errors exit with status 2 and a message. Returns an argparse.Namespace."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)
+    pre.add_argument("-c", "--config", type=str, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            defaults = validate_config(load_config(known.config), parser, source=known.config)
+        except ConfigError as err:
+            parser.error(str(err))
+        parser.set_defaults(**defaults)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        valid = [s for a in parser._actions for s in a.option_strings]  # pylint: disable=protected-access
+        parts = []
+        for tok in extras:
+            if tok.startswith("-") and not _looks_numeric(tok):
+                name = tok.split("=", 1)[0]
+                close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+                parts.append(f"{tok} (did you mean: {', '.join(close)}?)" if close else tok)
+            else:
+                parts.append(tok)
+        parser.error("unrecognized arguments: " + " ".join(parts))
+    msg = _check_namespace(args)
+    if msg:
+        parser.error(msg)
+    return args
+
+
+def _looks_numeric(tok):
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def save_config(args, path):
+    """Write the merged configuration as YAML (atomically) so ``-c path`` reproduces the run."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    order = list(_options(build_parser()))
+    # Only known options, so the file loads back with -c (attributes added at run time are dropped).
+    data = {k: _plain(values[k]) for k in order if k in values}
+    header = "# merged mindppt config"
+    if values.get("config"):
+        header += f" (recipe: {values['config']})"
+    text = header + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_config_", suffix=".yaml", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Derived values
+# ----------------------------------------------------------------------------------------------------
+def resolve_lr(args, device_num=1):
+    """Peak learning rate: ``args.lr`` if set, else ``lr_per_512 * batch_size * device_num / 512``."""
+    if getattr(args, "lr", None) is not None:
+        return float(args.lr)
+    return float(args.lr_per_512) * args.batch_size * int(device_num) / 512.0
+
+
+def model_kwargs(args, for_eval=False):
+    """Keyword arguments for ``create_model(args.model, **model_kwargs(args))``. PPT options left unset
+    (None) are omitted so the registered model's own defaults apply. ``for_eval`` uses eval_threshold."""
+    kwargs = dict(num_classes=args.num_classes, pretrained=args.pretrained,
+                  checkpoint_path=args.checkpoint_path or "", drop_rate=args.drop_rate,
+                  drop_path_rate=args.drop_path_rate,
+                  img_size=args.img_size if args.img_size is not None else args.image_size)
+    threshold = args.threshold
+    if for_eval and args.eval_threshold is not None:
+        threshold = args.eval_threshold
+    for key, value in (("r_tokens", args.r_tokens), ("pp_loc_list", args.pp_loc_list),
+                       ("threshold", threshold), ("prop_attn", args.prop_attn)):
+        if value is not None:
+            kwargs[key] = value
+    return kwargs

@@ -1,0 +1,49 @@
+"""Per-step learning-rate schedules (a list the optimizer indexes with its global step).
+
+DeiT/timm step the cosine once per epoch; here it is evaluated per step (as mindcv does), which is
+smoother and, at the end of each epoch, equal to timm's value to within one epoch's decay.
+"""
+import math
+
+import numpy as np
+
+__all__ = ["create_lr_schedule", "scale_lr"]
+
+
+def scale_lr(lr_per_512, global_batch):
+    """DeiT's linear scaling rule: ``lr = lr_per_512 * global_batch / 512``."""
+    if global_batch <= 0:
+        raise ValueError(f"global_batch must be positive, got {global_batch}")
+    return float(lr_per_512) * float(global_batch) / 512.0
+
+
+def create_lr_schedule(*, base_lr, min_lr, warmup_lr, warmup_epochs, epochs, steps_per_epoch,
+                       scheduler="cosine"):
+    """Learning rate for each training step, as a float32 numpy array of ``epochs * steps_per_epoch``.
+
+    Warmup: ``round(warmup_epochs * steps_per_epoch)`` steps rising linearly from ``warmup_lr`` (at step
+    0) towards ``base_lr`` (reached at the first step after warmup). Then ``cosine`` decays from
+    ``base_lr`` at the first post-warmup step towards ``min_lr`` (half a cosine period spanning the
+    remaining steps, so the last step is just above ``min_lr``); ``constant`` stays at ``base_lr``.
+    """
+    epochs, steps_per_epoch = int(epochs), int(steps_per_epoch)
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
+    if not 0 <= warmup_epochs <= epochs:
+        raise ValueError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
+    for name, value in (("base_lr", base_lr), ("min_lr", min_lr), ("warmup_lr", warmup_lr)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if scheduler not in ("cosine", "constant"):
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected 'cosine' or 'constant'")
+
+    total = epochs * steps_per_epoch
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total)
+    steps = np.arange(total, dtype=np.float64)
+    lr = np.full(total, float(base_lr), dtype=np.float64)
+    if warmup > 0:
+        lr[:warmup] = warmup_lr + (base_lr - warmup_lr) * steps[:warmup] / warmup
+    if scheduler == "cosine" and total > warmup:
+        progress = (steps[warmup:] - warmup) / (total - warmup)
+        lr[warmup:] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + np.cos(math.pi * progress))
+    return lr.astype(np.float32)

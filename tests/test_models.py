@@ -130,5 +130,20 @@ def test_training_step_in_graph_mode_updates_every_block():
     step.set_train(True)
     loss = step(ms.Tensor(images), ms.Tensor(np.array([1, 2, 3, 4], np.int32)))
     assert np.isfinite(loss.asnumpy())
-    unchanged = [name for name, p in model.parameters_and_names() if np.array_equal(before[name], p.asnumpy())]
+    unchanged = [name for name, p in model.parameters_and_names()
+                 if p.requires_grad and np.array_equal(before[name], p.asnumpy())]
+    assert len([n for n in before if n.startswith("blocks.")]) > 12 * 12
     assert unchanged == [], f"parameters not updated: {unchanged}"
+
+
+def test_threshold_change_reaches_a_compiled_graph():
+    model = create_model("ppt_deit_tiny_patch16_224", threshold=0.0, num_classes=10)
+    sharpen_attention(model)
+    images = random_images(2, seed=7)
+    _, infos = inspect_compression(model, images)
+    assert not infos[0]["pooled"].any()
+    model.set_threshold(1e9)  # same model, graph already compiled
+    _, infos = inspect_compression(model, images)
+    assert infos[0]["pooled"].all()
+    assert model.blocks[3].compression.threshold == pytest.approx(1e9)
+    assert all(not p.requires_grad for n, p in model.parameters_and_names() if n.endswith("ppt_threshold"))

@@ -11,7 +11,15 @@ Nothing here knows about configs, files or training.
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+from mindspore import nn, ops, Parameter, Tensor
+
+# Name of the threshold parameter. It is a run-time setting, not a weight: checkpoint conversion skips
+# it, and it is a Parameter only so that changing it takes effect in an already compiled graph.
+THRESHOLD_PARAM = "ppt_threshold"
+
+
+def is_runtime_setting(param_name):
+    return param_name.rsplit(".", 1)[-1] == THRESHOLD_PARAM
 
 
 def effective_r(num_tokens, r):
@@ -35,7 +43,8 @@ class TokenCompression(nn.Cell):
         self.num_tokens = int(num_tokens)
         self.r = effective_r(num_tokens, r)
         self.num_out = self.num_tokens - self.r
-        self.threshold = float(threshold)
+        self.ppt_threshold = Parameter(Tensor(float(threshold), ms.float32), name=THRESHOLD_PARAM,
+                                       requires_grad=False)
         self.trace_source = trace_source
         self.num_a = (self.num_tokens + 1) // 2  # even positions, class token included
         self.num_b = self.num_tokens // 2  # odd positions
@@ -59,6 +68,14 @@ class TokenCompression(nn.Cell):
         self.bmm_tn = ops.BatchMatMul(transpose_a=True)
         self.on = Tensor(1.0, ms.float32)
         self.off = Tensor(0.0, ms.float32)
+
+    @property
+    def threshold(self):
+        return float(self.ppt_threshold.asnumpy())
+
+    @threshold.setter
+    def threshold(self, value):
+        self.ppt_threshold.set_data(Tensor(float(value), ms.float32))
 
     def significance(self, attn, v):
         """Normalised ATS scores (B, N) with the class token set to 2, and their unbiased variance."""
@@ -101,7 +118,7 @@ class TokenCompression(nn.Cell):
         # Scores and matching only make discrete choices: no gradient flows through them.
         attn, k, v = ops.stop_gradient(attn), ops.stop_gradient(k), ops.stop_gradient(v)
         scores, variance = self.significance(attn, v)
-        pooled = variance < self.threshold
+        pooled = variance < self.ppt_threshold
         prune_rows, prune_kept = self.prune_assignment(scores)
         pool_rows, pool_kept = self.pool_assignment(k)
         assignment = ops.select(pooled.reshape(-1, 1, 1), pool_rows, prune_rows)

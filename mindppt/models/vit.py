@@ -3,7 +3,7 @@
 Written for graph mode on every backend: static shapes, and the op choices that measured fastest on
 the CPU backend (patch embedding as one matmul, unstacked q/k/v, BatchMatMul attention).
 """
-import math
+import weakref
 
 import numpy as np
 
@@ -217,7 +217,8 @@ class VisionTransformer(nn.Cell):
         return [i for i, (n_in, n_out) in enumerate(self.token_schedule) if n_out < n_in]
 
     def set_threshold(self, threshold):
-        """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate); recompiles."""
+        """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate). The threshold is a
+        (non-trainable) Parameter, so compiled graphs see the new value without recompiling."""
         self.threshold = float(threshold)
         for blk in self.blocks:
             if blk.compression is not None:
@@ -262,9 +263,14 @@ class CompressionInspector(nn.Cell):
         return self.model.forward_head(features), infos
 
 
+_INSPECTORS = weakref.WeakKeyDictionary()  # one wrapper per model, so its graph is compiled once
+
+
 def inspect_compression(model, images):
     """Run ``model`` on ``images`` and return (logits, list of per-block dicts of numpy arrays)."""
-    inspector = CompressionInspector(model)
+    inspector = _INSPECTORS.get(model)
+    if inspector is None:
+        inspector = _INSPECTORS[model] = CompressionInspector(model)
     inspector.set_train(False)
     if not isinstance(images, Tensor):
         images = Tensor(np.asarray(images, np.float32))

@@ -556,8 +556,13 @@ _HEAD_KEYS = ("head.weight", "head.bias")
 
 
 def model_param_shapes(model) -> "OrderedDict[str, tuple]":
-    """``{parameter name: shape}`` in the model's order (names as ``load_param_into_net`` matches them)."""
-    return OrderedDict((p.name, tuple(p.shape)) for _, p in model.parameters_and_names())
+    """``{parameter name: shape}`` of the model's weights in order (names as ``load_param_into_net``
+    matches them). Run-time settings stored as parameters (the PPT threshold) are not weights: they
+    keep the model's configured value and are never read from a checkpoint."""
+    from mindppt.models.ppt import is_runtime_setting  # pylint: disable=import-outside-toplevel
+
+    return OrderedDict((p.name, tuple(p.shape)) for _, p in model.parameters_and_names()
+                       if not is_runtime_setting(p.name))
 
 
 def _model_dtypes(model) -> Dict[str, np.dtype]:
@@ -593,6 +598,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: b
     unexpected names are only warned about; shape mismatches are always errors (nothing is resized).
     A head of a different shape alone (other ``num_classes``) is dropped with a warning.
     """
+    from mindppt.models.ppt import is_runtime_setting  # pylint: disable=import-outside-toplevel
+
     model_name = model_name or type(model).__name__
     shapes = model_param_shapes(model)
     dtypes = _model_dtypes(model)
@@ -608,6 +615,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: b
     mapped: StateDict = {}
     unexpected = []
     for name, arr in state_dict.items():
+        if is_runtime_setting(name):  # saved by our own trainer; the model's configured value wins
+            continue
         target = next((a for a in _aliases(name) if a in shapes), None)
         if target is None:
             unexpected.append(name)

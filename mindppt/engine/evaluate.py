@@ -1,0 +1,182 @@
+"""Evaluation: top-1 / top-5 / loss over a loader, forward throughput, and the metrics table.
+
+The model runs in graph mode on fixed-shape batches: a last partial batch is padded to the full batch
+size (the padded rows are dropped from the results; every image is processed independently, PPT
+included), so one compiled graph serves the whole set. Top-k and the loss are computed on the host in
+float64 from the logits.
+"""
+import math
+import time
+
+import numpy as np
+import mindspore as ms
+
+__all__ = ["evaluate", "measure_throughput", "format_metrics_table", "METRIC_KEYS"]
+
+METRIC_KEYS = ("top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples")
+
+
+def _pad(images, batch_size):
+    b = images.shape[0]
+    if b >= batch_size:
+        return images
+    pad = np.zeros((batch_size - b,) + images.shape[1:], dtype=images.dtype)
+    return np.concatenate([images, pad], axis=0)
+
+
+def _batch_stats(logits, labels):
+    """(top-1 hits, top-5 hits, summed cross-entropy) of one batch, float64 on the host."""
+    logits = logits.astype(np.float64)
+    labels = labels.astype(np.int64).reshape(-1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_prob = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_prob[np.arange(len(labels)), labels].sum()
+    k = min(5, logits.shape[1])
+    # rank of the true class: number of classes with a strictly higher logit
+    true = logits[np.arange(len(labels)), labels][:, None]
+    rank = (logits > true).sum(axis=1)
+    return int((rank < 1).sum()), int((rank < k).sum()), float(loss)
+
+
+def evaluate(model, loader, *, batch_size, all_reduce=None):
+    """Run ``model`` (eval mode) over ``loader`` (columns image float32 NCHW, label int32).
+
+    ``all_reduce``: optional function summing a float64 numpy vector over devices (data-parallel
+    validation on sharded data). Returns ``{"top1", "top5" (percent), "loss", "num_samples",
+    "img_per_s", "eval_time_s"}``; img/s is the forward pass alone (host-to-device copy and the
+    device sync included, data loading excluded) over every batch but the first, which includes graph
+    compilation.
+    """
+    model.set_train(False)
+    hits1 = hits5 = 0
+    loss_sum = 0.0
+    count = 0
+    timed_images, timed_seconds = 0, 0.0
+    first = None
+    start = time.perf_counter()
+    for i, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1, output_numpy=True)):
+        b = images.shape[0]
+        batch = ms.Tensor(_pad(np.ascontiguousarray(images, dtype=np.float32), batch_size))
+        t0 = time.perf_counter()
+        logits = model(batch).asnumpy()[:b]
+        dt = time.perf_counter() - t0
+        if i == 0:
+            first = batch
+        else:
+            timed_images += b
+            timed_seconds += dt
+        h1, h5, loss = _batch_stats(logits, labels)
+        hits1, hits5, loss_sum, count = hits1 + h1, hits5 + h5, loss_sum + loss, count + b
+    if first is not None and timed_images == 0:  # a single batch: time it once more, compiled
+        t0 = time.perf_counter()
+        model(first).asnumpy()
+        timed_seconds, timed_images = time.perf_counter() - t0, first.shape[0]
+    elapsed = time.perf_counter() - start
+    totals = np.array([hits1, hits5, loss_sum, count], dtype=np.float64)
+    if all_reduce is not None:
+        totals = all_reduce(totals)
+    hits1, hits5, loss_sum, count = totals.tolist()
+    if count == 0:
+        raise ValueError("evaluation loader produced no samples")
+    return {
+        "top1": 100.0 * hits1 / count,
+        "top5": 100.0 * hits5 / count,
+        "loss": loss_sum / count,
+        "num_samples": int(round(count)),
+        "img_per_s": timed_images / timed_seconds if timed_seconds > 0 else float("nan"),
+        "eval_time_s": elapsed,
+    }
+
+
+def measure_throughput(model, *, batch_size, image_size, in_channels=3, repeats=10, warmup=2, seed=0):
+    """Median forward img/s of ``model`` (eval mode) on a fixed random batch, after ``warmup`` calls."""
+    model.set_train(False)
+    rng = np.random.default_rng(seed)
+    batch = ms.Tensor(rng.standard_normal((batch_size, in_channels, image_size, image_size)).astype(np.float32))
+    for _ in range(max(1, warmup)):
+        model(batch).asnumpy()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        model(batch).asnumpy()
+        times.append(time.perf_counter() - t0)
+    return batch_size / float(np.median(times))
+
+
+def _fmt(value, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def format_metrics_table(rows, columns=None):
+    """A plain-text table: ``rows`` is ``[(name, metrics dict), ...]``."""
+    columns = columns or [("top1", "top-1 %", 2), ("top5", "top-5 %", 2), ("loss", "loss", 4),
+                          ("gmacs", "GMACs", 4), ("params_m", "params (M)", 3), ("img_per_s", "img/s", 1),
+                          ("num_samples", "samples", 0)]
+    header = ["model"] + [title for _, title, _ in columns]
+    body = [[name] + [_fmt(m.get(key), digits) for key, _, digits in columns] for name, m in rows]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in body])
+
+
+def load_eval_weights(model, path, *, use_ema=False, model_name=None):
+    """Load weights for evaluation from ``path``: a training checkpoint of tools/train.py (its model
+    weights, or its EMA weights with ``use_ema`` when it has them) or any format of
+    :func:`mindppt.utils.checkpoint.read_state_dict` (converted DeiT/timm weights). Returns a
+    description of what was loaded."""
+    from mindppt.utils.checkpoint import load_state_dict_into_model, read_state_dict
+    from .train_state import is_train_state, model_weights_from_state, EMA_PREFIX
+
+    state_dict = read_state_dict(path)
+    what = "weights"
+    if is_train_state(state_dict):
+        has_ema = any(k.startswith(EMA_PREFIX) for k in state_dict)
+        ema = bool(use_ema and has_ema)
+        state_dict = model_weights_from_state(state_dict, use_ema=ema)
+        what = "EMA weights of the training checkpoint" if ema else "model weights of the training checkpoint"
+    load_state_dict_into_model(model, state_dict, strict=True, source=str(path), model_name=model_name)
+    return what
+
+
+def run_eval(args, logger=None):
+    """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` (else ``args.checkpoint_path``) on
+    ``data_dir/val_split`` at the evaluation threshold. Returns the metrics dict of :data:`METRIC_KEYS`
+    (plus ``model``, ``ckpt_path``, ``weights``)."""
+    from mindppt.data import create_loader
+    from mindppt.utils.config import ConfigError
+    from mindppt.utils.device import setup_device
+    from mindppt.utils.flops import model_gmacs
+    from .trainer import build_model
+
+    path = args.ckpt_path or args.checkpoint_path
+    if not path:
+        raise ConfigError("no weights to evaluate: pass --ckpt_path (a checkpoint written by tools/train.py, or "
+                          "converted weights) or set checkpoint_path")
+    try:
+        setup_device(args.device_target, args.mode, args.device_id, args.jit_level)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model = build_model(args, for_eval=True, with_weights=False)
+    weights = load_eval_weights(model, path, use_ema=bool(args.ema), model_name=args.model)
+    gmacs = model_gmacs(model)
+    params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
+    if args.amp_level != "O0":
+        model = ms.amp.auto_mixed_precision(model, args.amp_level)
+    loader, num_samples = create_loader(
+        args.data_dir, args.val_split, batch_size=args.batch_size, is_training=False, num_classes=args.num_classes,
+        image_size=args.image_size, interpolation=args.interpolation, mean=args.mean, std=args.std,
+        crop_pct=args.crop_pct, num_parallel_workers=args.num_parallel_workers)
+    if logger is not None:
+        logger.info("evaluating %s (%s of %s) on %d images of %s/%s", args.model, weights, path, num_samples,
+                    args.data_dir, args.val_split)
+    metrics = evaluate(model, loader, batch_size=args.batch_size)
+    metrics["gmacs"] = gmacs
+    metrics["params_m"] = params_m
+    metrics.update({"model": args.model, "ckpt_path": str(path), "weights": weights})
+    return metrics

@@ -1,0 +1,248 @@
+"""End-to-end tests of training and evaluation (tools/train.py, tools/eval.py, mindppt.engine) in GRAPH_MODE.
+
+A tiny generated ImageFolder (3 classes of 16x16 patterns) and the small digits ViT keep this fast:
+one 2-epoch run is shared by the tests below; the others resume from its epoch-1 checkpoint, stop it
+with SIGINT, evaluate it, or feed the tools bad configs.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import mindspore as ms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "tools", "train.py")
+EVAL = os.path.join(ROOT, "tools", "eval.py")
+
+# No random augmentation, no mixup, no drop path: a resumed run must then end with the same weights.
+BASE_CONFIG = {
+    "device_target": "CPU", "mode": "graph", "seed": 0,
+    "model": "vit_digits_patch4_32", "num_classes": 3, "r_tokens": 0, "pp_loc_list": [1, 2],
+    "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
+    "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
+    "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
+    "label_smoothing": 0.1, "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+    "opt": "adamw", "lr": 2.0e-3, "weight_decay": 0.05, "scheduler": "cosine", "epoch_size": 2,
+    "warmup_epochs": 0.5, "warmup_lr": 1.0e-4, "min_lr": 1.0e-5, "amp_level": "O0", "loss_scale_type": "none",
+    "log_interval": 2, "val_interval": 1, "save_every": 1, "keep_checkpoints": 0,
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def make_tiny_imagefolder(root, train_per_class=12, val_per_class=4, size=16, seed=0):
+    """Three easy classes: bright top half, bright left half, bright main diagonal (plus noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks = {"a_top": yy < size // 2, "b_left": xx < size // 2, "c_diag": np.abs(yy - xx) <= 2}
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for name, mask in masks.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                img = 40 + 170 * mask[..., None] + rng.integers(0, 40, (size, size, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
+                    os.path.join(root, split, name, f"{i:03d}.png"))
+    return root
+
+
+def write_config(path, **overrides):
+    config = dict(BASE_CONFIG)
+    config.update(overrides)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return str(path)
+
+
+def tool_env():
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("GLOG_v", "3")  # MindSpore: errors only
+    return env
+
+
+def run_tool(script, *argv, timeout=300):
+    return subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=timeout,
+                          env=tool_env(), cwd=ROOT)
+
+
+def ckpt_arrays(path):
+    out = {}
+    for name, value in ms.load_checkpoint(path).items():
+        if hasattr(value, "asnumpy"):
+            out[name] = value.asnumpy()
+    return out
+
+
+def assert_same_state(path_a, path_b, rtol=1e-5, atol=1e-6):
+    a, b = ckpt_arrays(path_a), ckpt_arrays(path_b)
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def parse(argv):
+    from mindppt.utils.config import parse_args
+    return parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_imagefolder(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def config_path(tiny_data, tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("cfg") / "tiny.yaml", data_dir=tiny_data)
+
+
+@pytest.fixture(scope="module")
+def straight_run(config_path, tmp_path_factory):
+    """An uninterrupted 2-epoch training, in this process (GRAPH_MODE)."""
+    from mindppt.engine.trainer import train
+
+    out = str(tmp_path_factory.mktemp("straight"))
+    summary = train(parse(["-c", config_path, "--output_dir", out]))
+    return out, summary
+
+
+# ----------------------------------------------------------------------------------------------- tests
+def test_two_epochs_loss_falls_and_outputs_written(straight_run):
+    out, summary = straight_run
+    assert ms.get_context("mode") == ms.GRAPH_MODE
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"] - 0.05
+    assert summary["global_step"] == 2 * 4  # 36 images // batch 8 = 4 steps per epoch
+    assert summary["last_val"]["num_samples"] == 12
+    for name in ("last.ckpt", "best.ckpt", "epoch_0001.ckpt", "epoch_0002.ckpt", "config.yaml", "train.log"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert not [f for f in os.listdir(out) if "partial" in f or f.endswith(".tmp")]
+    log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
+    assert "epoch 1/2 step 2/4 loss" in log and " lr " in log and "img/s" in log and " eta " in log
+    assert "epoch 2/2: train loss" in log and "val top1" in log
+    saved = yaml.safe_load(open(os.path.join(out, "config.yaml"), encoding="utf-8"))
+    assert saved["batch_size"] == 8 and saved["output_dir"] == out
+    # the checkpoint is a full training state
+    state = ms.load_checkpoint(os.path.join(out, "last.ckpt"))
+    assert int(state["meta_epoch"].asnumpy()) == 2 and int(state["meta_global_step"].asnumpy()) == 8
+    assert int(state["global_step"].asnumpy().reshape(-1)[0]) == 8  # the optimizer's step (LR position)
+    assert any(k.startswith("adam_m.") for k in state) and "head.weight" in state
+
+
+def test_resume_matches_uninterrupted_run(straight_run, config_path, tmp_path):
+    """Resuming the epoch-1 checkpoint of the straight run (what a run stopped after one epoch writes)
+    for the second epoch ends with the same weights and optimizer state."""
+    from mindppt.engine.trainer import train
+
+    out, _ = straight_run
+    resumed = str(tmp_path / "resumed")
+    summary = train(parse(["-c", config_path, "--output_dir", resumed,
+                           "--resume", os.path.join(out, "epoch_0001.ckpt")]))
+    assert [h["epoch"] for h in summary["history"]] == [2]
+    assert summary["global_step"] == 8
+    assert_same_state(os.path.join(out, "last.ckpt"), os.path.join(resumed, "last.ckpt"))
+
+
+def test_sigint_writes_resumable_checkpoint_mid_epoch(straight_run, config_path, tmp_path):
+    """SIGINT mid-epoch: a checkpoint is written and named, exit 128 + signal; resuming it ends like the
+    straight run. (MindSpore turns a SIGINT that arrives during a graph step into SIGTERM: 130 or 143.)"""
+    out, _ = straight_run
+    run_dir = str(tmp_path / "interrupted")
+    log_path = os.path.join(run_dir, "train.log")
+    proc = subprocess.Popen([sys.executable, TRAIN, "-c", config_path, "--output_dir", run_dir,
+                             "--log_interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=tool_env(), cwd=ROOT)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log_path) and "epoch 1/2 step 2/4" in open(log_path, encoding="utf-8").read():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 143), stderr
+    assert "Traceback" not in stderr
+    ckpt = os.path.join(run_dir, "last.ckpt")
+    assert "interrupted by SIG" in stderr and ckpt in stderr and "--resume" in stderr
+    state = ms.load_checkpoint(ckpt)
+    where = (int(state["meta_epoch"].asnumpy()), int(state["meta_step_in_epoch"].asnumpy()))
+    # mid-epoch after step 2 or 3; a signal that lands in the last step stops after the epoch's checkpoint
+    assert where in ((0, 2), (0, 3), (1, 0)), where
+
+    result = run_tool(TRAIN, "-c", config_path, "--output_dir", run_dir, "--resume", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert_same_state(os.path.join(out, "last.ckpt"), ckpt)
+
+
+def test_eval_tool_writes_metrics_json(straight_run, config_path, tmp_path):
+    from mindppt.models import create_model
+    from mindppt.utils.flops import model_gmacs
+
+    out, summary = straight_run
+    metrics_path = str(tmp_path / "metrics.json")
+    result = run_tool(EVAL, "-c", config_path, "--ckpt_path", os.path.join(out, "last.ckpt"),
+                      "--metrics_out", metrics_path)
+    assert result.returncode == 0, result.stderr
+    assert "top-1" in result.stdout and "GMACs" in result.stdout and "img/s" in result.stdout
+    metrics = json.load(open(metrics_path, encoding="utf-8"))
+    assert set(metrics) == {"top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples"}
+    assert metrics["num_samples"] == 12
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 100.0
+    assert metrics["top5"] == 100.0  # 3 classes
+    # same weights and data as the trainer's last validation
+    assert metrics["top1"] == pytest.approx(summary["last_val"]["top1"])
+    assert metrics["loss"] == pytest.approx(summary["last_val"]["loss"], rel=1e-4)
+    assert 0.0 < metrics["loss"] < 5.0
+    model = create_model("vit_digits_patch4_32", num_classes=3, img_size=16, r_tokens=0, pp_loc_list=(1, 2))
+    assert metrics["gmacs"] == pytest.approx(model_gmacs(model))
+    params = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
+    assert metrics["params_m"] == pytest.approx(params)
+    assert metrics["img_per_s"] > 0
+
+
+def _assert_user_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+
+
+def test_config_errors_exit_2_naming_the_key(config_path, tiny_data, tmp_path):
+    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--bach_size", "4"), "--bach_size", "--batch_size")
+    bad = write_config(tmp_path / "bad.yaml", data_dir=tiny_data, lerning_rate=0.1)
+    _assert_user_error(run_tool(TRAIN, "-c", bad), "lerning_rate", "bad.yaml")
+    _assert_user_error(run_tool(EVAL, "-c", bad, "--ckpt_path", "x.ckpt"), "lerning_rate")
+    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--batch_size", "abc"), "batch_size", "abc")
+    _assert_user_error(run_tool(TRAIN, "-c", str(tmp_path / "missing.yaml")), "missing.yaml")
+    _assert_user_error(run_tool(EVAL, "-c", config_path), "ckpt_path")
+
+
+def test_runtime_user_errors_exit_2(config_path, tmp_path):
+    missing = str(tmp_path / "no_data")
+    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--data_dir", missing), missing)
+    ckpt = str(tmp_path / "nothing.ckpt")
+    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--output_dir", str(tmp_path / "o"), "--resume", ckpt),
+                       ckpt)
+    _assert_user_error(run_tool(EVAL, "-c", config_path, "--ckpt_path", ckpt), ckpt)
+
+
+def test_nonfinite_loss_stops_naming_step_and_checkpoint(config_path, tmp_path):
+    """A huge learning rate blows the weights up: training stops with the step and checkpoint named."""
+    run_dir = str(tmp_path / "nan")
+    result = run_tool(TRAIN, "-c", config_path, "--output_dir", run_dir, "--lr", "1e30", "--warmup_epochs", "0")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: loss is" in result.stderr and "global step" in result.stderr
+    assert "no checkpoint has been written yet" in result.stderr or "last.ckpt" in result.stderr

@@ -1,0 +1,41 @@
+"""Evaluate a checkpoint: ``python tools/eval.py -c CONFIG --ckpt_path CKPT [--metrics_out FILE.json]``.
+
+Prints top-1, top-5, loss, GMACs (analytic, from the model's token schedule), parameters and img/s;
+``--metrics_out`` writes {"top1","top5","loss","gmacs","params_m","img_per_s","num_samples"} (top-1/5 in
+percent). ``--ckpt_path`` takes a checkpoint of tools/train.py (its EMA weights when ``--ema true``) or
+converted weights (then ``checkpoint_path`` in the config works too). Runs on one device.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+
+
+def main(argv=None):
+    args = parse_cli(argv)
+    from mindppt.engine.evaluate import METRIC_KEYS, format_metrics_table, run_eval
+    from mindppt.utils.logging import get_logger
+
+    logger = get_logger(None, 0, name="mindppt.eval")
+    if args.distribute:
+        logger.warning("tools/eval.py runs on one device: ignoring distribute=true")
+    metrics = run_eval(args, logger)
+    print(format_metrics_table([(args.model, metrics)]))
+    if args.metrics_out:
+        out = {k: metrics[k] for k in METRIC_KEYS}
+        directory = os.path.dirname(os.path.abspath(args.metrics_out))
+        os.makedirs(directory, exist_ok=True)
+        tmp = args.metrics_out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.metrics_out)
+        print(f"metrics written to {args.metrics_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

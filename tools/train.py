@@ -1,0 +1,23 @@
+"""Train a model from a YAML recipe: ``python tools/train.py -c configs/ppt_deit_s.yaml [--key value ...]``.
+
+Data parallel: ``msrun --worker_num=N --local_worker_num=N tools/train.py -c ... --distribute true``.
+Resume: ``--resume OUTPUT_DIR/last.ckpt``. See mindppt/engine/trainer.py and mindppt/engine/cli.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+
+
+def main(argv=None):
+    args = parse_cli(argv)
+    from mindppt.engine.trainer import train  # noqa: E402  (imports MindSpore: after parsing)
+
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

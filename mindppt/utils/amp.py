@@ -1,0 +1,124 @@
+"""Mixed precision for DeiT/PPT that keeps PPT's decisions in float32.
+
+``apply_amp(model, amp_level, dtype)`` runs MindSpore's own ``mindspore.amp.auto_mixed_precision`` and
+then re-pins, with ``Cell.to_float``, the cells whose precision PPT depends on. What MindSpore 2.10
+does by itself (``mindspore/train/amp.py``, the default non-rewrite path):
+
+* O2 calls ``to_float(dtype)`` on every cell and wraps only the cells of its black list
+  (``nn.BatchNorm1d/2d/3d``, ``nn.LayerNorm``) in fp32. Our ``LayerNorm`` (timm parameter names) and
+  ``TokenCompression`` are plain ``nn.Cell`` subclasses, so O2 puts them in fp16 like everything else.
+  In graph mode ``to_float`` casts every floating input of a cell, its Parameters and its Tensor
+  attributes, so under plain O2 the scores, their variance, the threshold test and the sizes would be
+  computed in fp16 (with ``trace_source`` plain O2 does not even compile: an fp16 assignment matrix
+  meets the fp32 source map in a BatchMatMul).
+* O3 calls ``to_float(dtype)`` on the whole network.
+* O1 rewrites the network's source (``mindspore.rewrite``) and casts only white-listed cells/ops
+  (Dense, MatMul, BatchMatMul, ...), skipping cells whose precision the user set with ``to_float``.
+
+After that, for O2 and O3 (and before the rewrite for O1) this module pins:
+
+* ``TokenCompression`` to float32: significance scores, their variance, the threshold comparison,
+  the assignment matrices, token sizes and the size-weighted merge.
+* The ``Block`` and ``Attention`` *shells* to float32, with each child cell (Dense layers, MLP,
+  DropPath, dropouts) set back to the low dtype. A cell's flag casts its inputs, so this keeps the
+  per-token ``size`` in float32 all the way to ``log(size)`` (under bf16 integers above 256 would
+  round), and the residual stream ``x + f(x)`` adds in float32 (as PyTorch autocast does), while every
+  matmul still runs in the low dtype.
+* O2 only (MindSpore's O2 black list, extended to our cells): ``LayerNorm`` and the attention
+  ``nn.Softmax`` in float32. The attention probabilities handed to the scores are then float32; the
+  ``attn_drop`` cell (low dtype) casts them back down for the attention-times-value matmul.
+
+Everything else (patch embedding, q/k/v/proj/MLP/head matmuls, GELU) runs in ``dtype``. Works in
+GRAPH_MODE and PYNATIVE_MODE on CPU, GPU and Ascend (fp16 kernels for every op of the model exist on
+CPU; bf16: see tests/test_amp.py).
+"""
+import mindspore as ms
+from mindspore import nn
+
+from mindppt.models.ppt import TokenCompression
+from mindppt.models.vit import Attention, Block, LayerNorm
+
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+AMP_DTYPES = {"float16": ms.float16, "fp16": ms.float16, "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
+
+
+def resolve_dtype(dtype):
+    """``ms.float16`` / ``ms.bfloat16`` or one of their names."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in AMP_DTYPES:
+            raise ValueError(f"amp dtype {dtype!r} is not one of {', '.join(AMP_DTYPES)}")
+        return AMP_DTYPES[dtype.lower()]
+    if dtype not in (ms.float16, ms.bfloat16):
+        raise ValueError(f"amp dtype must be float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def _children(cell):
+    return list(cell.name_cells().values())
+
+
+def _fp32_shell(cell, dtype):
+    """``cell`` itself in float32 (its inputs are cast up), every child cell in ``dtype``."""
+    cell.to_float(ms.float32)
+    for child in _children(cell):
+        child.to_float(dtype)
+
+
+def pin_ppt_precision(model, amp_level, dtype=ms.float16):
+    """Re-pin the precision-critical cells of ``model`` after a mixed-precision pass (see module doc).
+
+    Order matters because ``to_float`` is recursive: shells first, then the cells inside them."""
+    dtype = resolve_dtype(dtype)
+    cells = [cell for _, cell in model.cells_and_names()]
+    for cell in cells:
+        if isinstance(cell, Block):
+            _fp32_shell(cell, dtype)
+    for cell in cells:
+        if isinstance(cell, Attention):
+            _fp32_shell(cell, dtype)
+            if amp_level == "O2":
+                for child in _children(cell):
+                    if isinstance(child, nn.Softmax):
+                        child.to_float(ms.float32)
+    for cell in cells:
+        if isinstance(cell, TokenCompression):
+            cell.to_float(ms.float32)
+        elif amp_level == "O2" and isinstance(cell, (LayerNorm, nn.LayerNorm)):
+            cell.to_float(ms.float32)
+    return model
+
+
+def precision_map(model):
+    """``{cell name: 'fp32' | 'fp16' | 'bf16' | None}`` as set by ``to_float`` (None: not set)."""
+    out = {}
+    for name, cell in model.cells_and_names():
+        flag = None
+        for key in ("fp32", "fp16", "bf16"):
+            if getattr(cell, key, False):
+                flag = key
+        out[name] = flag
+    return out
+
+
+def apply_amp(model, amp_level="O0", dtype=ms.float16):
+    """Mixed precision for a DeiT/PPT ``model`` that keeps PPT's decision path in float32.
+
+    Returns the network to train/evaluate: for O2/O3 MindSpore's wrapper that casts the output to
+    float32 (``model`` itself is changed in place and can still be called directly, e.g. by
+    ``inspect_compression``); for O0 ``model``; for O1 MindSpore's rewritten network.
+    When the result goes to ``mindspore.amp.build_train_network`` or ``Model``, pass level ``O0``
+    there (MindSpore's rule for networks already converted)."""
+    if amp_level not in AMP_LEVELS:
+        raise ValueError(f"amp_level {amp_level!r} is not one of {', '.join(AMP_LEVELS)}")
+    dtype = resolve_dtype(dtype)
+    if amp_level == "O0":
+        return model
+    if amp_level == "O1":
+        # The rewrite skips cells whose precision is set by the user: pin before converting.
+        for _, cell in model.cells_and_names():
+            if isinstance(cell, TokenCompression):
+                cell.to_float(ms.float32)
+        return ms.amp.auto_mixed_precision(model, "O1", dtype=dtype)
+    network = ms.amp.auto_mixed_precision(model, amp_level, dtype=dtype)
+    pin_ppt_precision(model, amp_level, dtype)
+    return network

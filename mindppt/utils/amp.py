@@ -12,10 +12,15 @@ does by itself (``mindspore/train/amp.py``, the default non-rewrite path):
   computed in fp16 (with ``trace_source`` plain O2 does not even compile: an fp16 assignment matrix
   meets the fp32 source map in a BatchMatMul).
 * O3 calls ``to_float(dtype)`` on the whole network.
-* O1 rewrites the network's source (``mindspore.rewrite``) and casts only white-listed cells/ops
-  (Dense, MatMul, BatchMatMul, ...), skipping cells whose precision the user set with ``to_float``.
+* O1 rewrites the network's source with ``mindspore.rewrite`` to cast white-listed cells and primitive
+  calls (Dense, MatMul, BatchMatMul, ...). That parser is fragile on this model: with
+  ``trace_source=True`` it fails on a pyboost primitive (``TypeError: ... got _PyboostBroadcastToPrim``),
+  and it would break again whenever model code uses such a call. So O1 here is cell-level: every
+  ``nn.Dense`` (the only cell of MindSpore's O1 white list that our models call) computes in the low
+  dtype and hands float32 back, as MindSpore's O1 does; the primitive calls inside our own cells
+  (patch-embedding MatMul, attention BatchMatMuls) and everything else stay float32.
 
-After that, for O2 and O3 (and before the rewrite for O1) this module pins:
+After that, for O2 and O3 this module pins:
 
 * ``TokenCompression`` to float32: significance scores, their variance, the threshold comparison,
   the assignment matrices, token sizes and the size-weighted merge.
@@ -33,7 +38,7 @@ GRAPH_MODE and PYNATIVE_MODE on CPU, GPU and Ascend (fp16 kernels for every op o
 CPU; bf16: see tests/test_amp.py).
 """
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 from mindppt.models.ppt import TokenCompression
 from mindppt.models.vit import Attention, Block, LayerNorm
@@ -100,12 +105,34 @@ def precision_map(model):
     return out
 
 
+class _Float32Output(nn.Cell):
+    """Runs ``cell`` and casts its (Tensor) output to float32; parameter names are unchanged."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)
+        self.cell = cell
+
+    def construct(self, *args):
+        return ops.cast(self.cell(*args), ms.float32)
+
+
+def _cell_level_o1(model, dtype):
+    # Of MindSpore's O1 white list our models *call* only nn.Dense (PatchEmbed keeps a Conv2d for its
+    # parameters but computes with a MatMul, and reads ``proj.weight``, so the Conv2d is not wrapped).
+    for _, parent in list(model.cells_and_names()):
+        for name, child in list(parent.name_cells().items()):
+            if isinstance(child, nn.Dense) and not isinstance(parent, _Float32Output):
+                child.to_float(dtype)
+                parent._cells[name] = _Float32Output(child)  # pylint: disable=protected-access
+    return model
+
+
 def apply_amp(model, amp_level="O0", dtype=ms.float16):
     """Mixed precision for a DeiT/PPT ``model`` that keeps PPT's decision path in float32.
 
     Returns the network to train/evaluate: for O2/O3 MindSpore's wrapper that casts the output to
     float32 (``model`` itself is changed in place and can still be called directly, e.g. by
-    ``inspect_compression``); for O0 ``model``; for O1 MindSpore's rewritten network.
+    ``inspect_compression``); for O0 and O1 ``model`` itself (changed in place).
     When the result goes to ``mindspore.amp.build_train_network`` or ``Model``, pass level ``O0``
     there (MindSpore's rule for networks already converted)."""
     if amp_level not in AMP_LEVELS:
@@ -114,11 +141,7 @@ def apply_amp(model, amp_level="O0", dtype=ms.float16):
     if amp_level == "O0":
         return model
     if amp_level == "O1":
-        # The rewrite skips cells whose precision is set by the user: pin before converting.
-        for _, cell in model.cells_and_names():
-            if isinstance(cell, TokenCompression):
-                cell.to_float(ms.float32)
-        return ms.amp.auto_mixed_precision(model, "O1", dtype=dtype)
+        return _cell_level_o1(model, dtype)
     network = ms.amp.auto_mixed_precision(model, amp_level, dtype=dtype)
     pin_ppt_precision(model, amp_level, dtype)
     return network

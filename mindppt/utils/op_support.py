@@ -82,6 +82,8 @@ def collect_primitives(cell, *inputs, project_root=None):
     old_save = ms.get_context("save_graphs")
     old_path = ms.get_context("save_graphs_path")
     with tempfile.TemporaryDirectory(prefix="mindppt_ir_") as tmp:
+        # The context settings, not MS_DEV_SAVE_GRAPHS/_PATH: MindSpore 2.10 caches those environment
+        # variables, so after restoring them it keeps dumping, into the working directory.
         os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"
         try:
             ms.set_context(save_graphs=1, save_graphs_path=tmp)

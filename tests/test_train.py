@@ -23,9 +23,12 @@ TRAIN = os.path.join(ROOT, "tools", "train.py")
 EVAL = os.path.join(ROOT, "tools", "eval.py")
 
 # No random augmentation, no mixup, no drop path: a resumed run must then end with the same weights.
+# PPT trains with threshold 0 (always prune) and evaluates with 1.0 (always pool), so a validation that
+# used the training threshold would not match tools/eval.py.
 BASE_CONFIG = {
     "device_target": "CPU", "mode": "graph", "seed": 0,
-    "model": "vit_digits_patch4_32", "num_classes": 3, "r_tokens": 0, "pp_loc_list": [1, 2],
+    "model": "ppt_vit_digits_patch4_32", "num_classes": 3, "r_tokens": 2, "pp_loc_list": [1, 2],
+    "threshold": 0.0, "eval_threshold": 1.0,
     "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
     "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
     "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
@@ -198,11 +201,12 @@ def test_eval_tool_writes_metrics_json(straight_run, config_path, tmp_path):
     assert metrics["num_samples"] == 12
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 100.0
     assert metrics["top5"] == 100.0  # 3 classes
-    # same weights and data as the trainer's last validation
+    # same weights, data and (evaluation) threshold as the trainer's last validation
     assert metrics["top1"] == pytest.approx(summary["last_val"]["top1"])
     assert metrics["loss"] == pytest.approx(summary["last_val"]["loss"], rel=1e-4)
     assert 0.0 < metrics["loss"] < 5.0
-    model = create_model("vit_digits_patch4_32", num_classes=3, img_size=16, r_tokens=0, pp_loc_list=(1, 2))
+    model = create_model("ppt_vit_digits_patch4_32", num_classes=3, img_size=16, r_tokens=2, pp_loc_list=(1, 2))
+    assert [n for _, n in model.token_schedule] == [17, 15, 13, 13, 13, 13]
     assert metrics["gmacs"] == pytest.approx(model_gmacs(model))
     params = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
     assert metrics["params_m"] == pytest.approx(params)

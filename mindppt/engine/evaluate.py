@@ -144,15 +144,14 @@ def load_eval_weights(model, path, *, use_ema=False, model_name=None):
     return what
 
 
-def run_eval(args, logger=None):
-    """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` (else ``args.checkpoint_path``) on
-    ``data_dir/val_split`` at the evaluation threshold. Returns the metrics dict of :data:`METRIC_KEYS`
-    (plus ``model``, ``ckpt_path``, ``weights``)."""
-    from mindppt.data import create_loader
+def build_eval_model(args):
+    """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path`` (else
+    ``args.checkpoint_path``), AMP applied. Returns ``(model, info)``; ``info`` has ``gmacs``,
+    ``params_m``, ``weights`` (what was loaded) and ``ckpt_path``."""
     from mindppt.utils.config import ConfigError
     from mindppt.utils.device import setup_device
     from mindppt.utils.flops import model_gmacs
-    from .trainer import build_model
+    from .trainer import apply_amp, build_model
 
     path = args.ckpt_path or args.checkpoint_path
     if not path:
@@ -164,19 +163,32 @@ def run_eval(args, logger=None):
         raise ConfigError(str(e)) from None
     model = build_model(args, for_eval=True, with_weights=False)
     weights = load_eval_weights(model, path, use_ema=bool(args.ema), model_name=args.model)
-    gmacs = model_gmacs(model)
-    params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
-    if args.amp_level != "O0":
-        model = ms.amp.auto_mixed_precision(model, args.amp_level)
-    loader, num_samples = create_loader(
-        args.data_dir, args.val_split, batch_size=args.batch_size, is_training=False, num_classes=args.num_classes,
-        image_size=args.image_size, interpolation=args.interpolation, mean=args.mean, std=args.std,
-        crop_pct=args.crop_pct, num_parallel_workers=args.num_parallel_workers)
+    info = {"gmacs": model_gmacs(model),
+            "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
+            "weights": weights, "ckpt_path": str(path), "token_schedule": list(model.token_schedule)}
+    return apply_amp(model, args.amp_level), info
+
+
+def eval_loader(args):
+    """The evaluation loader of ``args`` (``data_dir/val_split``) and its number of images."""
+    from mindppt.data import create_loader
+
+    return create_loader(args.data_dir, args.val_split, batch_size=args.batch_size, is_training=False,
+                         num_classes=args.num_classes, image_size=args.image_size,
+                         interpolation=args.interpolation, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+                         num_parallel_workers=args.num_parallel_workers)
+
+
+def run_eval(args, logger=None):
+    """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` (else ``args.checkpoint_path``) on
+    ``data_dir/val_split`` at the evaluation threshold. Returns the metrics dict of :data:`METRIC_KEYS`
+    (plus ``model``, ``ckpt_path``, ``weights``)."""
+    model, info = build_eval_model(args)
+    loader, num_samples = eval_loader(args)
     if logger is not None:
-        logger.info("evaluating %s (%s of %s) on %d images of %s/%s", args.model, weights, path, num_samples,
-                    args.data_dir, args.val_split)
+        logger.info("evaluating %s (%s of %s) on %d images of %s/%s", args.model, info["weights"],
+                    info["ckpt_path"], num_samples, args.data_dir, args.val_split)
     metrics = evaluate(model, loader, batch_size=args.batch_size)
-    metrics["gmacs"] = gmacs
-    metrics["params_m"] = params_m
-    metrics.update({"model": args.model, "ckpt_path": str(path), "weights": weights})
+    metrics.update({"gmacs": info["gmacs"], "params_m": info["params_m"], "model": args.model,
+                    "ckpt_path": info["ckpt_path"], "weights": info["weights"]})
     return metrics

@@ -41,7 +41,10 @@ def save_train_state(train_step, path, *, model_name, meta):
     append = {FORMAT_KEY: FORMAT_VERSION, META_PREFIX + "model": str(model_name)}
     for key in META_KEYS:
         value = meta[key]
-        append[META_PREFIX + key] = float(value) if key == "best_top1" else int(value)
+        # best_top1 as a float64 tensor: a float would be stored as float32, and the rounded value
+        # would make a resumed run see a tie as an improvement
+        append[META_PREFIX + key] = (ms.Tensor(np.array(value, dtype=np.float64)) if key == "best_top1"
+                                     else int(value))
     return save_checkpoint_atomic(train_step, path, append_dict=append)
 
 
@@ -113,6 +116,9 @@ def restore_train_state(train_step, params, *, source, ema_enabled):
              if tuple(params[n].shape) != shapes[n]]
     if wrong:
         raise CheckpointError(f"resume checkpoint {source} has parameters of other shapes: {wrong[:5]}")
+    for p in train_step.get_parameters():  # run-time settings keep this run's value
+        if _is_runtime_setting(p.name):
+            params[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
     not_loaded, _ = ms.load_param_into_net(train_step, params, strict_load=True)
     not_loaded = [n for n in not_loaded if n in expected]
     if not_loaded:

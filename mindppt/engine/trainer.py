@@ -42,7 +42,7 @@ from .schedule import create_lr_schedule
 from .train_state import load_train_state, restore_train_state
 from .train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
 
-__all__ = ["train", "TrainingError", "TrainingInterrupted", "build_model", "init_distributed",
+__all__ = ["train", "TrainingError", "TrainingInterrupted", "build_model", "apply_amp", "init_distributed",
            "make_reduce_sum", "copy_weights", "DUMP_WEIGHTS_ENV"]
 
 # Test hook: when set, every rank writes its final model weights to <dir>/rank_<rank>.npz.
@@ -111,11 +111,47 @@ def build_model(args, for_eval=False, with_weights=True):
         kwargs["drop_path_rate"] = 0.0
         kwargs["drop_rate"] = 0.0
     try:
-        return create_model(args.model, **kwargs)
+        model = create_model(args.model, **kwargs)
     except CheckpointError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build model {args.model!r}: {e}") from None
+    warn_clamped_r_tokens(model, args.r_tokens)
+    return model
+
+
+def warn_clamped_r_tokens(model, r_tokens):
+    """Warn (UserWarning) when the model removes fewer tokens than ``r_tokens`` asks: a compression
+    removes at most half of its non-class tokens, ``(N - 1) // 2``, and the model clamps to that as the
+    spec says. Returns the message, or None when nothing was clamped."""
+    import warnings  # pylint: disable=import-outside-toplevel
+
+    asked, schedule = getattr(model, "r_per_block", None), getattr(model, "token_schedule", None)
+    if not asked or not schedule:
+        return None
+    clamped = [f"{n_in - n_out} at block {i} ({n_in} tokens in)"
+               for i, (r, (n_in, n_out)) in enumerate(zip(asked, schedule)) if n_in - n_out < r]
+    if not clamped:
+        return None
+    shown = "(the model's default)" if r_tokens is None else r_tokens
+    message = (f"r_tokens={shown} is more than PPT can remove (at most half of the non-class tokens of a "
+               f"block, (N - 1) // 2): clamped to {', '.join(clamped)}; tokens after each block: "
+               f"{[n_out for _, n_out in schedule]}")
+    warnings.warn(message, UserWarning, stacklevel=2)
+    return message
+
+
+def apply_amp(model, amp_level):
+    """Mixed precision for ``amp_level`` (O0: unchanged). Uses :func:`mindppt.utils.amp.apply_amp`, which
+    keeps PPT's scores, threshold test and token sizes in float32, when it is available, else
+    ``mindspore.amp.auto_mixed_precision``."""
+    if amp_level in (None, "O0"):
+        return model
+    try:
+        from mindppt.utils.amp import apply_amp as ppt_amp
+    except ImportError:
+        return ms.amp.auto_mixed_precision(model, amp_level)
+    return ppt_amp(model, amp_level)
 
 
 def copy_weights(src, dst_model):
@@ -123,8 +159,10 @@ def copy_weights(src, dst_model):
     if isinstance(src, ms.nn.Cell):
         src = {p.name: p for p in src.trainable_params()}  # weights only, not run-time settings
     params = {name: ms.Parameter(ms.Tensor(value.asnumpy()), name=name) for name, value in src.items()}
-    not_loaded, _ = ms.load_param_into_net(dst_model, params, strict_load=False)
-    not_loaded = [n for n in not_loaded if n in src]
+    for p in dst_model.get_parameters():  # run-time settings (the PPT threshold) keep their own value
+        if p.name not in params:
+            params[p.name] = ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
+    not_loaded, _ = ms.load_param_into_net(dst_model, params, strict_load=True)
     if not_loaded:
         raise RuntimeError(f"weights not copied into the evaluation model: {not_loaded[:5]}")
 
@@ -177,9 +215,7 @@ def train(args):
     eval_model = build_model(args, for_eval=True, with_weights=False)
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
     params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
-    if args.amp_level != "O0":
-        model = ms.amp.auto_mixed_precision(model, args.amp_level)
-        eval_model = ms.amp.auto_mixed_precision(eval_model, args.amp_level)
+    model, eval_model = apply_amp(model, args.amp_level), apply_amp(eval_model, args.amp_level)
 
     base_lr = resolve_lr(args, group_size)
     lr_values = create_lr_schedule(base_lr=base_lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr,

@@ -15,6 +15,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
+from mindppt.models.vit import GELU
 from mindppt.utils import op_support
 from mindppt.utils.op_support import (build_graph_cells, collect_primitives, describe, load_extra,
                                       markdown_table, missing_platforms, platforms_in, resolve,
@@ -22,17 +23,6 @@ from mindppt.utils.op_support import (build_graph_cells, collect_primitives, des
 
 MODELS = ("ppt_deit_small_patch16_224", "deit_small_patch16_224")
 REQUIRED = ("Ascend", "GPU")
-
-# Primitives known to be documented for Ascend only, where they come from, and the fix. Kept here
-# (not in the YAML) because they are open problems, not documentation: test_no_known_gaps is a strict
-# xfail and starts failing as soon as the fix lands, so this list cannot go stale.
-KNOWN_GAPS = {
-    "PowTensorScalar": (
-        "backward of nn.GELU(approximate=False) (Mlp.act, mindppt/models/vit.py): MindSpore's bprop of "
-        "Erf squares x with PowTensorScalar, documented for Ascend only. Fix: an exact-erf GELU cell with "
-        "a hand-written bprop (Erf, Exp, Mul, Add; see test_documented_gelu_replacement)"),
-}
-
 
 @pytest.fixture(scope="module")
 def graphs():
@@ -74,26 +64,10 @@ def test_graphs_hold_the_expected_primitives(graphs):
 
 
 def test_every_primitive_is_documented_for_ascend_and_gpu(rows):
-    problems = [row for row in missing_platforms(rows, REQUIRED) if row[0] not in KNOWN_GAPS]
+    problems = missing_platforms(rows, REQUIRED)
     assert not problems, "primitives not documented for Ascend and GPU:\n" + "\n".join(describe(r) for r in problems)
     for name, platforms, source, _ in rows:
         print(f"{name:18s} {','.join(platforms or ()):18s} {source}")
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(f"{k}: {v}" for k, v in KNOWN_GAPS.items()))
-def test_no_known_gaps(rows):
-    problems = missing_platforms(rows, REQUIRED)
-    assert not problems, "\n".join(describe(r) for r in problems)
-
-
-def test_known_gaps_are_real(rows):
-    """Each known gap is in our graphs and really documented for less than Ascend + GPU."""
-    by_name = {row[0]: row for row in rows}
-    for name in KNOWN_GAPS:
-        assert name in by_name, f"{name} no longer in the graphs: remove it from KNOWN_GAPS"
-        platforms, where = docstring_platforms(name)
-        assert platforms is not None and not all(p in platforms for p in REQUIRED), (name, platforms, where)
-        print(describe(by_name[name]))
 
 
 def test_extra_table_is_cited_needed_and_consistent():
@@ -141,21 +115,9 @@ def test_readme_has_the_current_table(rows, repo_root):
 
 
 # --------------------------------------------------------------------------------------------
-# The fix for the known gap, demonstrated (the model itself belongs to mindppt/models).
+# Our GELU (mindppt/models/vit.py) replaces nn.GELU(approximate=False), whose backward emits the
+# Ascend-only PowTensorScalar; it must compute the same function and gradient.
 # --------------------------------------------------------------------------------------------
-
-class DocumentedGELU(nn.Cell):
-    """Exact (erf) GELU, as nn.GELU(approximate=False), with its gradient written out so that the
-    training graph only holds Erf, Exp, Mul(s), Add: d/dx = Phi(x) + x * phi(x)."""
-
-    def construct(self, x):
-        return x * (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
-
-    def bprop(self, x, out, dout):
-        cdf = (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
-        pdf = ops.exp(x * x * -0.5) * 0.3989422804014327
-        return (dout * (cdf + x * pdf),)
-
 
 class _Weighted(nn.Cell):
     def __init__(self, act):
@@ -177,16 +139,16 @@ class _GradOf(nn.Cell):
         return ms.grad(self.net)(x, weight)
 
 
-def test_documented_gelu_replacement(tmp_path, monkeypatch):
+def test_model_gelu_is_exact_and_documented(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # also checks that collecting leaves no IR dumps behind
     x = ms.Tensor(np.linspace(-6, 6, 1201).astype(np.float32))
     weight = ms.Tensor(np.random.default_rng(0).standard_normal(1201).astype(np.float32))
     assert "PowTensorScalar" in collect_primitives(_GradOf(nn.GELU(approximate=False)), x, weight)
-    prims = collect_primitives(_GradOf(DocumentedGELU()), x, weight)
+    prims = collect_primitives(_GradOf(GELU()), x, weight)
     assert "PowTensorScalar" not in prims
     assert not missing_platforms(support_table(prims), REQUIRED)
 
-    reference, candidate = nn.GELU(approximate=False), DocumentedGELU()
+    reference, candidate = nn.GELU(approximate=False), GELU()
     np.testing.assert_allclose(candidate(x).asnumpy(), reference(x).asnumpy(), rtol=0, atol=1e-6)
     ours, theirs = _GradOf(candidate), _GradOf(reference)
     np.testing.assert_allclose(ours(x, weight).asnumpy(), theirs(x, weight).asnumpy(), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ import pytest
 import mindspore as ms
 
 from mindppt.models import create_model, inspect_compression
+from mindppt.models.ppt import is_runtime_setting
 from ppt_reference import deit_config, random_deit_params, reference_forward
 from model_helpers import random_images
 
@@ -17,7 +18,8 @@ _REFERENCE = {}
 
 def load_params(model, params):
     for name, param in model.parameters_and_names():
-        param.set_data(ms.Tensor(params[name]))
+        if not is_runtime_setting(name):
+            param.set_data(ms.Tensor(params[name]))
     return model
 
 

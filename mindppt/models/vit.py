@@ -71,11 +71,25 @@ class DropPath(nn.Cell):
         return x * mask
 
 
+class GELU(nn.Cell):
+    """Exact (erf) GELU with its gradient written out, d/dx = Phi(x) + x * phi(x): MindSpore's own
+    bprop of Erf emits PowTensorScalar, documented for Ascend only; this uses Erf, Exp, Mul and Add,
+    documented for Ascend, GPU and CPU."""
+
+    def construct(self, x):
+        return x * (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
+
+    def bprop(self, x, out, dout):
+        cdf = (ops.erf(x * 0.7071067811865476) + 1.0) * 0.5
+        pdf = ops.exp(x * x * -0.5) * 0.3989422804014327
+        return (dout * (cdf + x * pdf),)
+
+
 class Mlp(nn.Cell):
     def __init__(self, dim, hidden_dim, drop=0.0):
         super().__init__()
         self.fc1 = nn.Dense(dim, hidden_dim)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = nn.Dense(hidden_dim, dim)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 

@@ -111,24 +111,6 @@ def collect_primitives(cell, *inputs, project_root=None):
 # The graphs we ship
 # --------------------------------------------------------------------------------------------
 
-class SoftTargetCE(nn.Cell):
-    """DeiT's training loss (soft targets from mixup/cutmix/label smoothing), in float32."""
-
-    def construct(self, logits, target):
-        log_prob = ops.log_softmax(logits.astype(ms.float32), -1)
-        return (-target.astype(ms.float32) * log_prob).sum(-1).mean()
-
-
-class _WithLoss(nn.Cell):
-    def __init__(self, model, loss_fn):
-        super().__init__(auto_prefix=False)
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def construct(self, images, targets):
-        return self.loss_fn(self.model(images), targets)
-
-
 def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O0",
                       amp_dtype=ms.float16, **model_kwargs):
     """``{"eval": (cell, inputs), "train": (cell, inputs)}`` for ``model_name``: the inference
@@ -136,6 +118,7 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     optimizer with a per-step lr list, and the soft-target cross entropy), both after ``apply_amp``."""
     from mindppt.models import create_model  # pylint: disable=import-outside-toplevel
     from mindppt.engine.optim import create_optimizer  # pylint: disable=import-outside-toplevel
+    from mindppt.engine.train_step import NetWithLoss, SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
     from mindppt.utils.amp import apply_amp  # pylint: disable=import-outside-toplevel
 
     images = ms.Tensor(np.zeros((batch_size, 3, img_size, img_size), np.float32))
@@ -149,7 +132,7 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     train_net = apply_amp(train_model, amp_level, amp_dtype)
     optimizer = create_optimizer(train_model.trainable_params(), opt="adamw",
                                  lr=np.linspace(1e-4, 1e-5, 10).astype(np.float32), weight_decay=0.05)
-    step = nn.TrainOneStepCell(_WithLoss(train_net, SoftTargetCE()), optimizer)
+    step = nn.TrainOneStepCell(NetWithLoss(train_net, SoftTargetCrossEntropy()), optimizer)
     step.set_train(True)
     return {"eval": (eval_net, (images,)), "train": (step, (images, targets))}
 

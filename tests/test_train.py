@@ -223,23 +223,50 @@ def _assert_user_error(result, *needles):
         assert needle in errors[0], (needle, errors[0])
 
 
-def test_config_errors_exit_2_naming_the_key(config_path, tiny_data, tmp_path):
+def _load_tool(script):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{os.path.basename(script)[:-3]}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _in_process(capsys, script, *argv):
+    """Run a tool's main through the same exit-status mapping as ``python tools/x.py`` (faster than a
+    subprocess for errors caught before any graph is compiled)."""
+    from mindppt.engine.cli import run_tool as run_main
+
+    capsys.readouterr()
+    code = run_main(_load_tool(script), list(argv))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *argv], code, captured.out, captured.err)
+
+
+def test_config_errors_exit_2_naming_the_key(config_path, tiny_data, tmp_path, capsys):
+    # the real entry points, in a subprocess
     _assert_user_error(run_tool(TRAIN, "-c", config_path, "--bach_size", "4"), "--bach_size", "--batch_size")
     bad = write_config(tmp_path / "bad.yaml", data_dir=tiny_data, lerning_rate=0.1)
-    _assert_user_error(run_tool(TRAIN, "-c", bad), "lerning_rate", "bad.yaml")
-    _assert_user_error(run_tool(EVAL, "-c", bad, "--ckpt_path", "x.ckpt"), "lerning_rate")
-    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--batch_size", "abc"), "batch_size", "abc")
-    _assert_user_error(run_tool(TRAIN, "-c", str(tmp_path / "missing.yaml")), "missing.yaml")
-    _assert_user_error(run_tool(EVAL, "-c", config_path), "ckpt_path")
+    _assert_user_error(run_tool(EVAL, "-c", bad, "--ckpt_path", "x.ckpt"), "lerning_rate", "bad.yaml")
+    # the same mapping in-process
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", bad), "lerning_rate", "bad.yaml")
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", config_path, "--batch_size", "abc"), "batch_size", "abc")
+    missing = str(tmp_path / "missing.yaml")
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", missing), missing)
+    _assert_user_error(_in_process(capsys, EVAL, "-c", config_path), "ckpt_path")
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", config_path, "--pp_loc_list", "1,9", "--output_dir",
+                                   str(tmp_path / "o")), "pp_loc_list", "9")
+    assert not os.path.exists(tmp_path / "o")  # nothing written for a run that never started
 
 
-def test_runtime_user_errors_exit_2(config_path, tmp_path):
+def test_runtime_user_errors_exit_2(config_path, tmp_path, capsys):
     missing = str(tmp_path / "no_data")
-    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--data_dir", missing), missing)
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", config_path, "--data_dir", missing, "--output_dir",
+                                   str(tmp_path / "o")), missing)
     ckpt = str(tmp_path / "nothing.ckpt")
-    _assert_user_error(run_tool(TRAIN, "-c", config_path, "--output_dir", str(tmp_path / "o"), "--resume", ckpt),
-                       ckpt)
-    _assert_user_error(run_tool(EVAL, "-c", config_path, "--ckpt_path", ckpt), ckpt)
+    _assert_user_error(_in_process(capsys, TRAIN, "-c", config_path, "--output_dir", str(tmp_path / "o"),
+                                   "--resume", ckpt), ckpt)
+    _assert_user_error(_in_process(capsys, EVAL, "-c", config_path, "--ckpt_path", ckpt), ckpt)
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(config_path, tmp_path):
@@ -250,3 +277,29 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(config_path, tmp_path):
     assert "Traceback" not in result.stderr
     assert "error: loss is" in result.stderr and "global step" in result.stderr
     assert "no checkpoint has been written yet" in result.stderr or "last.ckpt" in result.stderr
+
+
+def test_ema_clipping_and_dynamic_loss_scale(config_path, tmp_path):
+    """The optional paths of the train step compile and run: EMA (validated, checkpointed, evaluated
+    with --ema true), gradient clipping and dynamic loss scaling (fp32 here, so the scale never drops)."""
+    from mindppt.engine.trainer import train
+
+    out = str(tmp_path / "ema")
+    summary = train(parse(["-c", config_path, "--output_dir", out, "--epoch_size", "1", "--warmup_epochs", "0",
+                           "--ema", "true", "--ema_decay", "0.5", "--clip_grad", "1.0",
+                           "--loss_scale_type", "dynamic", "--loss_scale", "256"]))
+    record = summary["history"][0]
+    assert "ema_top1" in record and 0.0 <= record["ema_top1"] <= 100.0
+    state = ckpt_arrays(os.path.join(out, "last.ckpt"))
+    assert float(state["scale_sense"]) == 256.0
+    ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+    assert "head.weight" in ema and set(ema) <= set(state)
+    # decay 0.5 over 4 steps: the average trails the weights but is close to them
+    assert not np.allclose(ema["head.weight"], state["head.weight"])
+    assert np.abs(ema["head.weight"] - state["head.weight"]).max() < 0.1
+    metrics_path = str(tmp_path / "ema.json")
+    result = run_tool(EVAL, "-c", config_path, "--ckpt_path", os.path.join(out, "last.ckpt"), "--ema", "true",
+                      "--metrics_out", metrics_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.load(open(metrics_path, encoding="utf-8"))
+    assert metrics["top1"] == pytest.approx(record["ema_top1"])

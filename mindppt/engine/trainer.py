@@ -205,7 +205,7 @@ def train(args):
         raise ConfigError(str(e)) from None
     rank, group_size = init_distributed(args)
     is_main = rank == 0
-    logger = get_logger(args.output_dir, rank)
+    logger = get_logger(None, rank)  # stdout only until the data and the model are known to be usable
 
     train_loader, n_train, val_loader, n_val = _loaders(args, rank, group_size)
     steps_per_epoch = train_loader.get_dataset_size()
@@ -257,6 +257,7 @@ def train(args):
             raise CheckpointError(f"resume checkpoint {args.resume} has inconsistent counters: {meta}")
         train_loader.set_init_step(state.global_step)
 
+    logger = get_logger(args.output_dir, rank)  # now also output_dir/train.log (rank 0)
     if is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         save_config(args, os.path.join(args.output_dir, "config.yaml"))

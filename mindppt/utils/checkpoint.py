@@ -675,6 +675,10 @@ def load_state_dict_into_model(model, state_dict: Mapping[str, np.ndarray], *, s
 
     params = convert_state_dict(state_dict, model, strict=strict, source=source, model_name=model_name)
     param_dict = {n: ms.Parameter(ms.Tensor(a), name=n) for n, a in params.items()}
+    from mindppt.models.ppt import is_runtime_setting  # pylint: disable=import-outside-toplevel
+    for _, param in model.parameters_and_names():  # run-time settings keep their configured value
+        if is_runtime_setting(param.name):
+            param_dict[param.name] = ms.Parameter(param.value().copy(), name=param.name, requires_grad=False)
     not_loaded, ckpt_not_loaded = ms.load_param_into_net(model, param_dict, strict_load=True)
     if ckpt_not_loaded:
         raise CheckpointError(f"checkpoint {source}: MindSpore did not load {_fmt_names(ckpt_not_loaded)}")

@@ -159,7 +159,9 @@ def scan_image_folder(data_dir: str, split: str, *, class_names: Optional[Sequen
     if skipped:
         warnings.warn(_skip_message(split_dir, skipped), DatasetWarning, stacklevel=2)
     if empty:
-        raise DatasetError(f"class folder(s) with no readable images in {split_dir}: {', '.join(empty)}")
+        raise DatasetError(f"class folder(s) with no readable images in {split_dir}: {', '.join(empty)} (every "
+                           f"class folder needs at least one readable image: add images, or remove the folder, "
+                           f"which renumbers the classes after it)")
     return ImageFolderIndex(root=split_dir, class_names=list(class_names), samples=samples, skipped=skipped)
 
 

@@ -10,6 +10,12 @@ Faults handled here (see ``issues show 5``):
   at once (KeyboardInterrupt). MindSpore reports a Ctrl-C that lands inside a graph step as SIGTERM
   (see :func:`signal_name`), so both are handled the same way.
 
+* a checkpoint that cannot be written (disk full, permissions): checkpoints are written to a hidden
+  temporary name and renamed (:func:`mindppt.utils.checkpoint.save_checkpoint_atomic`), so the previous
+  ``last.ckpt`` is still intact; training stops with :class:`CheckpointSaveError` naming it;
+* a process killed while saving (kill -9, power loss) leaves only such a hidden temporary file
+  (``.last.ckpt.*.partial.ckpt``) next to complete checkpoints; the next run in that directory removes it.
+
 With several devices the loss and the signal flag are summed over all ranks after every step
 (``all_reduce``), so every rank sees the same (mean) loss and stops at the same step.
 """
@@ -25,7 +31,7 @@ from mindspore.train import Callback
 from mindppt.utils.logging import format_eta
 from .train_state import link_or_copy, save_train_state
 
-__all__ = ["RunState", "StopRequest", "Checkpointer", "TrainMonitor", "EpochEnd"]
+__all__ = ["RunState", "StopRequest", "Checkpointer", "CheckpointSaveError", "TrainMonitor", "EpochEnd"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -81,9 +87,38 @@ class RunState:
                 f"(global step {self.global_step})")
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. disk full); the message names the file, the cause and
+    the previous checkpoint, which is intact."""
+
+
+# Temporary names of interrupted saves: save_checkpoint_atomic (".<name>.<random>.partial.ckpt" and
+# MindSpore's own ".tmp" of it) and link_or_copy (".<name>.<random>.partial").
+_PARTIAL_SUFFIXES = (".partial.ckpt", ".partial.tmp", ".partial")
+
+
+def remove_partial_checkpoints(directory):
+    """Delete the hidden temporary files that a save killed half-way leaves behind; returns their names.
+    Complete checkpoints only ever exist under their final names, so these are never needed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        if name.startswith(".") and ".ckpt." in name and name.endswith(_PARTIAL_SUFFIXES):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 class Checkpointer:
     """Writes ``last.ckpt`` (atomically), then hard-links ``best.ckpt`` and ``epoch_NNNN.ckpt`` to it.
-    Only the main rank writes; the others just track the same paths."""
+    Only the main rank writes; the others just track the same paths. On start it removes the temporary
+    files of a save that was killed half-way (see the module docstring)."""
 
     def __init__(self, train_step, output_dir, *, model_name, state, is_main, save_every, keep, logger):
         self.train_step, self.output_dir, self.model_name = train_step, output_dir, model_name
@@ -91,22 +126,49 @@ class Checkpointer:
         self.save_every, self.keep = int(save_every), int(keep)
         self.last_path = os.path.join(output_dir, "last.ckpt")
         self.best_path = os.path.join(output_dir, "best.ckpt")
+        if is_main:
+            removed = remove_partial_checkpoints(output_dir)
+            if removed:
+                logger.warning("removed %d temporary file(s) of an interrupted checkpoint save in %s: %s "
+                               "(complete checkpoints are untouched)", len(removed), output_dir, ", ".join(removed))
+
+    def _save_failed(self, path, description, err):
+        good = self.state.last_good
+        if good:
+            intact = (f"the previous checkpoint {good[0]} ({good[1]}) is intact; free disk space and continue "
+                      f"with --resume {good[0]}")
+        else:
+            intact = "no earlier checkpoint of this run exists"
+        root = err.__cause__ if isinstance(err.__cause__, OSError) else err  # save_checkpoint_atomic wraps it
+        cause = root.strerror or str(root)
+        return CheckpointSaveError(err.errno, f"could not write checkpoint {path} ({description}): {cause}; "
+                                              f"training stopped; {intact}")
 
     def save_last(self, description):
         if self.is_main:
-            save_train_state(self.train_step, self.last_path, model_name=self.model_name, meta=self.state.meta())
+            try:
+                save_train_state(self.train_step, self.last_path, model_name=self.model_name,
+                                 meta=self.state.meta())
+            except OSError as e:
+                raise self._save_failed(self.last_path, description, e) from e
         self.state.last_good = (self.last_path, description)
         return self.last_path
 
+    def _link(self, path, description):
+        try:
+            link_or_copy(self.last_path, path)
+        except OSError as e:
+            raise self._save_failed(path, description, e) from e
+
     def mark_best(self):
         if self.is_main:
-            link_or_copy(self.last_path, self.best_path)
+            self._link(self.best_path, "best top-1")
 
     def snapshot_epoch(self, epoch):
         if not self.is_main or epoch % self.save_every:
             return None
         path = os.path.join(self.output_dir, f"epoch_{epoch:04d}.ckpt")
-        link_or_copy(self.last_path, path)
+        self._link(path, f"snapshot of epoch {epoch}")
         if self.keep > 0:
             snaps = sorted(f for f in os.listdir(self.output_dir)
                            if f.startswith("epoch_") and f.endswith(".ckpt"))

@@ -2,11 +2,18 @@
 turn user errors into one ``error: ...`` line with exit status 2 (no traceback).
 
 Exit statuses: 0 success; 2 a user error (config, data, checkpoint); 1 training failed (non-finite
-loss); 128 + signal number after SIGINT (130) / SIGTERM (143), once the resumable checkpoint is written.
+loss, or a checkpoint could not be written, e.g. disk full: the message names the intact previous one);
+128 + signal number after SIGINT (130) / SIGTERM (143), once the resumable checkpoint is written.
+
+Python warnings raised while a tool runs (skipped image files, a clamped ``r_tokens``, a dropped head...)
+are shown as one line, ``WarningClass: message``: through the ``mindppt`` run logger when it is
+configured (stdout and ``output_dir/train.log``), else as ``warning: ...`` on stderr. No source lines.
 """
 import contextlib
 import io
+import logging
 import sys
+import warnings
 
 from mindppt.data import DatasetError
 from mindppt.utils.checkpoint import CheckpointError
@@ -43,12 +50,28 @@ def _one_line(message):
     return " ".join(str(message).split())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+    """``warnings.showwarning`` for the tools: one line, into the run log when there is one."""
+    text = f"{category.__name__}: {_one_line(message)}"
+    logger = logging.getLogger("mindppt")
+    if logger.handlers:
+        logger.warning(text)
+    else:
+        print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+
 def run_tool(main, argv=None):
     """Call ``main(argv)`` and map its outcome to an exit status (see the module docstring)."""
+    from mindppt.engine.callbacks import CheckpointSaveError
     from mindppt.engine.trainer import TrainingError, TrainingInterrupted
 
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return main(argv) or 0
+    except CheckpointSaveError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -61,3 +84,5 @@ def run_tool(main, argv=None):
     except KeyboardInterrupt as e:
         print(f"aborted{': ' + _one_line(e) if str(e) else ''}", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous

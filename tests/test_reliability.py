@@ -1,0 +1,812 @@
+"""Reliability (issue 5): bad input gets a clear error, faults lose no work.
+
+Every case is fed through a real entry point, ``tools/train.py``, ``tools/eval.py`` or
+``tools/convert_weights.py``, each in its own subprocess. The tests check the exit status, that the one
+``error:`` line names the culprit (file, key, value) and what was expected, and that no Python
+traceback is printed. Faults are real where that is possible: SIGTERM and SIGKILL are sent to a
+running training. Where it is not, the fault is injected from outside the code under test: a full
+disk and a SIGKILL in the middle of a save come from a small wrapper script that replaces
+``mindspore.save_checkpoint`` and then runs ``tools/train.py`` unchanged.
+
+Speed: a generated 3-class ImageFolder of 16x16 images (36 train, 12 val) and the small digits ViT
+(``vit_digits_patch4_32`` at 16x16 = 17 tokens) in GRAPH_MODE. A run of 2 epochs of 4 steps takes
+15-25 s, mostly graph compilation. All subprocesses of the selected tests start when the module's first
+test runs. They run in threads, at most ``MINDPPT_TEST_JOBS`` (default 3) at a time, and jobs that need
+another job's output wait for it. The README's "Reliability" section has the table of cases.
+"""
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import mindspore as ms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "tools", "train.py")
+EVAL = os.path.join(ROOT, "tools", "eval.py")
+CONVERT = os.path.join(ROOT, "tools", "convert_weights.py")
+TIMEOUT = 480
+_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("MINDPPT_TEST_JOBS", "3"))))
+
+# No random augmentation, no mixup, no drop path: a resumed run then ends with the same weights as an
+# uninterrupted one. PPT is on: blocks 1 and 2 remove 4 tokens each (17 -> 13 -> 9).
+BASE_CONFIG = {
+    "device_target": "CPU", "mode": "graph", "seed": 0,
+    "model": "vit_digits_patch4_32", "num_classes": 3, "r_tokens": 4, "pp_loc_list": [1, 2],
+    "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
+    "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
+    "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
+    "label_smoothing": 0.1, "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+    "opt": "adamw", "lr": 2.0e-3, "weight_decay": 0.05, "scheduler": "cosine", "epoch_size": 2,
+    "warmup_epochs": 0.5, "warmup_lr": 1.0e-4, "min_lr": 1.0e-5, "amp_level": "O0", "loss_scale_type": "none",
+    "log_interval": 1, "val_interval": 1, "save_every": 1, "keep_checkpoints": 0,
+}
+# Same seed, same machine: random crops, flips, RandAugment, erasing, mixup/cutmix, drop path and PPT
+# with an r_tokens the model has to clamp. One data worker: see the README (Reliability).
+AUGMENTED = dict(scale=[0.5, 1.0], hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8,
+                 cutmix=1.0, drop_path_rate=0.1, r_tokens=100)
+
+# Wraps tools/train.py: replaces mindspore.save_checkpoint so that its FAIL_AT-th call fails like a full
+# disk (ENOSPC, after writing a few bytes) or, with FAULT=kill, writes half a file and SIGKILLs the
+# process, as a power cut or kill -9 in the middle of a save would.
+FAULTY_SAVE = '''
+import errno, os, runpy, signal, sys
+import mindspore as ms
+
+real_save, calls = ms.save_checkpoint, [0]
+
+def faulty_save(save_obj, ckpt_file_name, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] < int(os.environ["FAIL_AT"]):
+        return real_save(save_obj, ckpt_file_name, *args, **kwargs)
+    if os.environ["FAULT"] == "kill":
+        real_save(save_obj, ckpt_file_name, *args, **kwargs)
+        os.chmod(ckpt_file_name, 0o600)
+        os.truncate(ckpt_file_name, os.path.getsize(ckpt_file_name) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(ckpt_file_name, "wb") as f:
+        f.write(b"\\x0a\\x05parti")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+ms.save_checkpoint = faulty_save
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+_LOSS_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+)")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def make_imagefolder(root, train_per_class=12, val_per_class=4, size=16, seed=0):
+    """Three easy classes: bright top half, bright left half, bright main diagonal (plus noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks = {"a_top": yy < size // 2, "b_left": xx < size // 2, "c_diag": np.abs(yy - xx) <= 2}
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for name, mask in masks.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                img = 40 + 170 * mask[..., None] + rng.integers(0, 40, (size, size, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
+                    os.path.join(root, split, name, f"{i:03d}.png"))
+    return root
+
+
+def add_odd_files(root):
+    """Per split: 4 files the scan skips, 1 that passes the scan but cannot be decoded, 2 convertible."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        bad = os.path.join(root, split, "a_top")
+        open(os.path.join(bad, "zero.png"), "wb").close()
+        with open(os.path.join(bad, "garbage.png"), "wb") as f:
+            f.write(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+        with open(os.path.join(bad, "notes.txt"), "w", encoding="utf-8") as f:
+            f.write("not an image\n")
+        with open(os.path.join(bad, "000.png"), "rb") as f:
+            png = f.read()
+        with open(os.path.join(bad, "cut.png"), "wb") as f:
+            f.write(png[: len(png) // 2])
+        # a JPEG cut inside its scan data: the header verifies, decoding fails (caught at read time)
+        jpeg = os.path.join(root, split, "c_diag", "cut.jpg")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg, quality=95)
+        with open(jpeg, "rb") as f:
+            data = f.read()
+        with open(jpeg, "wb") as f:
+            f.write(data[: len(data) * 3 // 4])
+        good = os.path.join(root, split, "b_left")
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(os.path.join(good, "gray.png"))
+        Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "RGBA").save(
+            os.path.join(good, "rgba.png"))
+    return root
+
+
+def write_config(path, **overrides):
+    config = dict(BASE_CONFIG)
+    config.update(overrides)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return str(path)
+
+
+def _env(extra=None):
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("GLOG_v", "3")  # MindSpore: errors only
+    env.update(extra or {})
+    return env
+
+
+class Result:
+    """Outcome of one tool invocation."""
+
+    def __init__(self, argv, returncode, stdout, stderr, out=None):
+        self.argv, self.returncode, self.stdout, self.stderr, self.out = argv, returncode, stdout, stderr, out
+
+    @property
+    def text(self):
+        return self.stdout + self.stderr
+
+    def log(self):
+        with open(os.path.join(self.out, "train.log"), encoding="utf-8") as f:
+            return f.read()
+
+    def __repr__(self):
+        return f"<{' '.join(map(str, self.argv[1:]))}: exit {self.returncode}\n{self.stderr[-3000:]}>"
+
+
+def run(script, *argv, out=None, wrapper=None, env=None):
+    """Run a tool to completion (holding one of the job slots)."""
+    cmd = [sys.executable] + ([wrapper] if wrapper else []) + [script] + [str(a) for a in argv]
+    if out is not None:
+        cmd += ["--output_dir", str(out)]
+    with _SLOTS:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(env), cwd=ROOT)
+    return Result(cmd, proc.returncode, proc.stdout, proc.stderr, None if out is None else str(out))
+
+
+def run_and_signal(config, out, after, sig):
+    """Start tools/train.py, send ``sig`` once ``after`` appears in its train.log, wait for it to exit."""
+    cmd = [sys.executable, TRAIN, "-c", config, "--output_dir", str(out)]
+    log_path = os.path.join(out, "train.log")
+    with _SLOTS:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                                cwd=ROOT)
+        deadline, sent = time.time() + TIMEOUT, False
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(log_path):
+                with open(log_path, encoding="utf-8") as f:
+                    if after in f.read():
+                        proc.send_signal(sig)
+                        sent = True
+                        break
+            time.sleep(0.02)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    result = Result(cmd, proc.returncode, stdout, stderr, str(out))
+    assert sent, f"the run ended before {after!r} was logged: {result!r}"
+    return result
+
+
+def logged_losses(log_text):
+    """[(epoch, step, loss string)] of the per-step log lines, in order."""
+    return [(int(e), int(s), loss) for e, s, loss in _LOSS_LINE.findall(log_text)]
+
+
+def ckpt_arrays(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if hasattr(v, "asnumpy")}
+
+
+def ckpt_meta(path):
+    state = ckpt_arrays(path)
+    return int(state["meta_epoch"]), int(state["meta_step_in_epoch"]), int(state["meta_global_step"])
+
+
+def assert_same_state(path_a, path_b, rtol=1e-5, atol=1e-6):
+    a, b = ckpt_arrays(path_a), ckpt_arrays(path_b)
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def assert_no_traceback(result):
+    assert "Traceback" not in result.text, result
+
+
+def assert_error(result, *needles, status=2):
+    """Exit ``status``, no traceback, exactly one ``error:`` line on stderr containing every needle."""
+    assert result.returncode == status, result
+    assert_no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result
+    for needle in needles:
+        assert str(needle) in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def checkpoint_files(directory):
+    """Checkpoints under a final name (not the hidden temporary names of a save in progress)."""
+    return sorted(f for f in os.listdir(directory) if f.endswith(".ckpt") and not f.startswith("."))
+
+
+def partial_files(directory):
+    return sorted(f for f in os.listdir(directory) if f.startswith(".") and "partial" in f)
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+class Jobs:
+    """Every subprocess the selected tests need, started together in threads (see the module docstring).
+    A job is a function ``fn(ctx)``; ``ctx.get(name)`` waits for another job's result."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self._threads, self._results, self._lock = {}, {}, threading.RLock()
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def start(self, name):
+        with self._lock:
+            if name in self._threads:
+                return
+            for dep in JOB_DEPS.get(name, ()):  # dependencies first: they get the earlier slots
+                self.start(dep)
+            thread = threading.Thread(target=self._run, args=(name,), daemon=True, name=f"job-{name}")
+            self._threads[name] = thread
+            thread.start()
+
+    def _run(self, name):
+        try:
+            self._results[name] = ("ok", JOBS[name](self))
+        except BaseException as e:  # re-raised in the test that asks for it
+            self._results[name] = ("error", e)
+
+    def get(self, name):
+        if name not in self._threads:
+            self.start(name)
+        self._threads[name].join(TIMEOUT * 4)
+        kind, value = self._results.get(name, ("error", TimeoutError(f"job {name} did not finish")))
+        if kind == "error":
+            raise value
+        return value
+
+
+def _cfg(jobs, name="base.yaml"):
+    """Path of a config written by :func:`prepare_inputs`."""
+    return jobs.path(name)
+
+
+class _RunsShell:
+    """Unpickling this calls os.system (what a malicious checkpoint does)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _write_torch_zip(path, payload):
+    """A torch.save-style zip (archive/data.pkl) holding ``payload`` as given, written without torch."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+def _write_pth(path, state):
+    import torch  # test-only, to write a real torch.save file; mindppt reads it without torch
+
+    torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, "epoch": 3},
+               path)
+    return path
+
+
+def prepare_inputs(workdir):
+    """Everything the jobs read that does not come from a training run (written before any job starts)."""
+    path = lambda *parts: os.path.join(workdir, *parts)  # noqa: E731
+    data = make_imagefolder(path("data"))
+    write_config(path("base.yaml"), data_dir=data)
+    write_config(path("augmented.yaml"), data_dir=data, **AUGMENTED)
+    write_config(path("unknown_key.yaml"), data_dir=data, batchsize=16)
+    write_config(path("wrong_type.yaml"), data_dir=data, batch_size="abc")
+    write_config(path("pp_loc.yaml"), data_dir=data, pp_loc_list=[1, 9])
+
+    add_odd_files(shutil.copytree(data, path("odd")))
+    os.makedirs(path("loose", "train"))
+    for i in range(3):
+        shutil.copy(path("data", "train", "a_top", f"{i:03d}.png"), path("loose", "train"))
+    shutil.copytree(data, path("empty_class"))
+    os.makedirs(path("empty_class", "train", "b_empty"))
+    shutil.copytree(data, path("unreadable_class"))
+    os.makedirs(path("unreadable_class", "val", "d_broken"))
+    open(path("unreadable_class", "val", "d_broken", "0.png"), "wb").close()
+
+    from mindppt.models import create_model
+
+    net = create_model("ppt_vit_digits_patch4_32", num_classes=3)  # 32x32
+    rng = np.random.default_rng(0)
+    state = {p.name: (0.02 * rng.standard_normal(p.shape)).astype(np.float32) for p in net.trainable_params()}
+    with open(_write_pth(path("whole.pth"), state), "rb") as f:
+        whole = f.read()
+    with open(path("truncated.pth"), "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    state["extra_head.weight"] = np.zeros((3, 128), np.float32)
+    state["blocks.7.attn.qkv.weight"] = np.zeros((384, 128), np.float32)
+    _write_pth(path("unknown_keys.pth"), state)
+    for name in ("convert", "eval"):
+        payload = pickle.dumps({"model": {"w": _RunsShell(f"touch {path('PWNED_' + name)}")}}, protocol=2)
+        _write_torch_zip(path(f"evil_{name}.pth"), payload)
+    with open(path("faulty_save.py"), "w", encoding="utf-8") as f:
+        f.write(FAULTY_SAVE)
+
+
+# --- training runs
+def job_straight(jobs):
+    """The reference: an uninterrupted 2-epoch run of the base config."""
+    return run(TRAIN, "-c", _cfg(jobs), out=jobs.path("straight"))
+
+
+def job_determinism_a(jobs):
+    return run(TRAIN, "-c", _cfg(jobs, "augmented.yaml"), out=jobs.path("det_a"))
+
+
+def job_determinism_b(jobs):
+    return run(TRAIN, "-c", _cfg(jobs, "augmented.yaml"), out=jobs.path("det_b"))
+
+
+def job_sigterm(jobs):
+    out = jobs.path("sigterm")
+    stopped = run_and_signal(_cfg(jobs), out, "epoch 1/2 step 2/4", signal.SIGTERM)
+    last = os.path.join(out, "last.ckpt")
+    where = ckpt_meta(last) if os.path.exists(last) else None
+    resumed = run(TRAIN, "-c", _cfg(jobs), "--resume", last, out=out)
+    return stopped, where, resumed
+
+
+def job_kill9(jobs):
+    out = jobs.path("kill9")
+    killed = run_and_signal(_cfg(jobs), out, "epoch 2/2 step 1/4", signal.SIGKILL)
+    files = {f: ckpt_meta(os.path.join(out, f)) for f in checkpoint_files(out)}  # each must load
+    partial = partial_files(out)
+    resumed = run(TRAIN, "-c", _cfg(jobs), "--resume", os.path.join(out, "last.ckpt"), out=out)
+    return killed, files, partial, resumed
+
+
+def job_kill_in_save(jobs):
+    """SIGKILL in the middle of the end-of-epoch-2 save. Then tools/train.py is started again in that
+    directory with --resume last.ckpt and --epoch_size 1: it restores the whole training state, cleans
+    up and finds nothing left to train, which costs no graph compilation. (test_kill9_... resumes a
+    killed run to the end.)"""
+    out = jobs.path("kill_in_save")
+    killed = run(TRAIN, "-c", _cfg(jobs), out=out, wrapper=jobs.path("faulty_save.py"),
+                 env={"FAIL_AT": "2", "FAULT": "kill"})
+    files = {f: ckpt_meta(os.path.join(out, f)) for f in checkpoint_files(out)}
+    partial = partial_files(out)
+    again = run(TRAIN, "-c", _cfg(jobs), "--resume", os.path.join(out, "last.ckpt"), "--epoch_size", "1", out=out)
+    return killed, files, partial, again
+
+
+def job_disk_full(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), out=jobs.path("disk_full"), wrapper=jobs.path("faulty_save.py"),
+               env={"FAIL_AT": "2", "FAULT": "enospc"})
+
+
+def job_nonfinite(jobs):
+    """Resume the straight run's epoch-1 checkpoint with a learning rate that makes the weights explode."""
+    straight = jobs.get("straight")
+    return run(TRAIN, "-c", _cfg(jobs), "--resume", os.path.join(straight.out, "epoch_0001.ckpt"),
+               "--lr", "1e30", "--warmup_epochs", "0", out=jobs.path("nonfinite"))
+
+
+def job_odd_files_train(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--data_dir", jobs.path("odd"), "--epoch_size", "1", "--warmup_epochs", "0",
+               out=jobs.path("odd_run"))
+
+
+# --- evaluation of the straight run's checkpoint
+def _last(jobs):
+    return os.path.join(jobs.get("straight").out, "last.ckpt")
+
+
+def job_odd_files_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--data_dir", jobs.path("odd"), "--ckpt_path", _last(jobs))
+
+
+def job_r_clamp_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--r_tokens", "100", "--ckpt_path", _last(jobs))
+
+
+def job_missing_val_split(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--val_split", "valid", "--ckpt_path", _last(jobs))
+
+
+def job_unreadable_class_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--data_dir", jobs.path("unreadable_class"), "--ckpt_path", _last(jobs))
+
+
+def job_wrong_model_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--model", "deit_tiny_patch16_224", "--image_size", "32", "--r_tokens", "0",
+               "--ckpt_path", _last(jobs))
+
+
+def job_wrong_model_resume(jobs):
+    first = os.path.join(jobs.get("straight").out, "epoch_0001.ckpt")
+    return run(TRAIN, "-c", _cfg(jobs), "--model", "ppt_vit_digits_patch4_32", "--resume", first,
+               out=jobs.path("wrong_model_resume"))
+
+
+_TRUNCATE_LOCK = threading.Lock()
+
+
+def _truncated_ckpt(jobs):
+    """The first half of the straight run's last.ckpt."""
+    path = jobs.path("truncated.ckpt")
+    with _TRUNCATE_LOCK:
+        if not os.path.exists(path):
+            with open(_last(jobs), "rb") as f:
+                data = f.read()
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 2])
+    return path
+
+
+def job_truncated_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--ckpt_path", _truncated_ckpt(jobs))
+
+
+def job_truncated_resume(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--resume", _truncated_ckpt(jobs), out=jobs.path("truncated_resume"))
+
+
+# --- checkpoints that need no training run
+def job_truncated_convert(jobs):
+    return run(CONVERT, "--src", jobs.path("truncated.pth"), "--dst", jobs.path("truncated_out.ckpt"),
+               "--model", "ppt_vit_digits_patch4_32", "--num_classes", "3")
+
+
+def job_unknown_keys_convert(jobs):
+    return run(CONVERT, "--src", jobs.path("unknown_keys.pth"), "--dst", jobs.path("unknown_keys.ckpt"),
+               "--model", "ppt_vit_digits_patch4_32", "--num_classes", "3")
+
+
+def job_unknown_keys_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--image_size", "32", "--ckpt_path", jobs.path("unknown_keys.pth"))
+
+
+def job_evil_convert(jobs):
+    return run(CONVERT, "--src", jobs.path("evil_convert.pth"), "--dst", jobs.path("evil.ckpt"))
+
+
+def job_evil_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--ckpt_path", jobs.path("evil_eval.pth"))
+
+
+def job_resume_missing(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--resume", jobs.path("no_such", "last.ckpt"), out=jobs.path("rm"))
+
+
+# --- configs and data that stop before training
+def job_unknown_key(jobs):
+    return run(TRAIN, "-c", _cfg(jobs, "unknown_key.yaml"))
+
+
+def job_wrong_type(jobs):
+    return run(TRAIN, "-c", _cfg(jobs, "wrong_type.yaml"))
+
+
+def job_pp_loc_out_of_range(jobs):
+    return run(TRAIN, "-c", _cfg(jobs, "pp_loc.yaml"), out=jobs.path("pp_loc"))
+
+
+def job_missing_config(jobs):
+    return run(TRAIN, "-c", jobs.path("no_such_config.yaml"))
+
+
+def job_missing_data_dir(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--data_dir", jobs.path("no_such_data"), out=jobs.path("mdd"))
+
+
+def job_missing_train_split(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--train_split", "training", out=jobs.path("mts"))
+
+
+def job_no_class_folders(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--data_dir", jobs.path("loose"), out=jobs.path("ncf"))
+
+
+def job_empty_class(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--data_dir", jobs.path("empty_class"), out=jobs.path("ec"))
+
+
+# Start order = priority: long chains first (the straight run feeds many others), quick ones last.
+JOBS = {
+    "straight": job_straight, "sigterm": job_sigterm, "kill9": job_kill9, "kill_in_save": job_kill_in_save,
+    "determinism_a": job_determinism_a, "determinism_b": job_determinism_b, "nonfinite": job_nonfinite,
+    "disk_full": job_disk_full, "odd_files_train": job_odd_files_train,
+    "odd_files_eval": job_odd_files_eval, "r_clamp_eval": job_r_clamp_eval,
+    "missing_val_split": job_missing_val_split, "unreadable_class_eval": job_unreadable_class_eval,
+    "wrong_model_eval": job_wrong_model_eval, "wrong_model_resume": job_wrong_model_resume,
+    "truncated_eval": job_truncated_eval, "truncated_resume": job_truncated_resume,
+    "truncated_convert": job_truncated_convert, "unknown_keys_convert": job_unknown_keys_convert,
+    "unknown_keys_eval": job_unknown_keys_eval, "evil_convert": job_evil_convert, "evil_eval": job_evil_eval,
+    "resume_missing": job_resume_missing, "unknown_key": job_unknown_key, "wrong_type": job_wrong_type,
+    "pp_loc_out_of_range": job_pp_loc_out_of_range, "missing_config": job_missing_config,
+    "missing_data_dir": job_missing_data_dir, "missing_train_split": job_missing_train_split,
+    "no_class_folders": job_no_class_folders, "empty_class": job_empty_class,
+}
+JOB_DEPS = {name: ("straight",) for name in (
+    "nonfinite", "odd_files_eval", "r_clamp_eval", "missing_val_split", "unreadable_class_eval",
+    "wrong_model_eval", "wrong_model_resume", "truncated_eval", "truncated_resume")}
+
+
+def needs(*names):
+    """Declare the jobs a test reads (the module fixture starts those of the selected tests up front)."""
+    def deco(fn):
+        fn.jobs = names
+        return fn
+    return deco
+
+
+@pytest.fixture(scope="module")
+def jobs(request, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("reliability"))
+    prepare_inputs(workdir)
+    runner = Jobs(workdir)
+    wanted = set()
+    for item in request.session.items:
+        if getattr(item, "module", None) is request.module:
+            wanted.update(getattr(getattr(item, "function", None), "jobs", ()))
+    for name in JOBS:  # in priority order
+        if name in wanted:
+            runner.start(name)
+    return runner
+
+
+# ============================================================================================== configs
+@needs("unknown_key")
+def test_config_unknown_key(jobs):
+    res = jobs.get("unknown_key")
+    assert_error(res, jobs.path("unknown_key.yaml"), "unknown option 'batchsize'", "did you mean: batch_size")
+
+
+@needs("wrong_type")
+def test_config_wrong_type(jobs):
+    res = jobs.get("wrong_type")
+    assert_error(res, jobs.path("wrong_type.yaml"), "option 'batch_size'", "expected an int", "got 'abc'")
+
+
+@needs("r_clamp_eval", "determinism_a")
+def test_config_r_tokens_larger_than_tokens_is_clamped_with_warning(jobs):
+    """17 tokens at 16x16: block 1 can remove at most 8, block 2 (9 tokens) at most 4 (the spec's limit
+    of half the non-class tokens). The run goes on with the clamped values and says so."""
+    expected = "clamped to 8 at block 1 (17 tokens in), 4 at block 2 (9 tokens in)"
+    res = jobs.get("r_clamp_eval")
+    assert res.returncode == 0, res
+    assert_no_traceback(res)
+    warning = [line for line in res.stderr.splitlines() if "r_tokens" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: UserWarning: r_tokens=100 "), res
+    assert expected in warning[0] and "tokens after each block: [17, 9, 5, 5, 5, 5]" in warning[0]
+    # training: the same warning, once, in the run log
+    train = jobs.get("determinism_a")
+    assert train.returncode == 0, train
+    lines = [line for line in train.log().splitlines() if "r_tokens=100" in line]
+    assert len(lines) == 1 and "WARNING UserWarning" in lines[0] and expected in lines[0], lines
+    assert "tokens after each block [17, 9, 5, 5, 5, 5]" in train.log()
+
+
+@needs("pp_loc_out_of_range")
+def test_config_pp_loc_list_out_of_range(jobs):
+    res = jobs.get("pp_loc_out_of_range")
+    assert_error(res, "vit_digits_patch4_32", "pp_loc_list entry 9 is out of range", "blocks are 0..5")
+
+
+@needs("missing_config")
+def test_config_file_missing(jobs):
+    assert_error(jobs.get("missing_config"), "config file not found", jobs.path("no_such_config.yaml"))
+
+
+# ================================================================================================= data
+@needs("missing_data_dir")
+def test_data_dir_missing(jobs):
+    assert_error(jobs.get("missing_data_dir"), "data_dir does not exist", jobs.path("no_such_data"))
+
+
+@needs("missing_train_split", "missing_val_split")
+def test_data_split_missing(jobs):
+    assert_error(jobs.get("missing_train_split"), "split directory not found", jobs.path("data", "training"),
+                 "/training/<class>/<images>", "folders present: ['train', 'val']")
+    assert_error(jobs.get("missing_val_split"), "split directory not found", jobs.path("data", "valid"),
+                 "folders present: ['train', 'val']")
+
+
+@needs("no_class_folders")
+def test_data_split_without_class_folders(jobs):
+    assert_error(jobs.get("no_class_folders"), "no class folders in", jobs.path("loose", "train"),
+                 "train/<class>/<images>", "3 loose files")
+
+
+@needs("empty_class", "unreadable_class_eval")
+def test_data_empty_class_stops(jobs):
+    """A class with nothing to read stops the run (a class that silently vanished would shift the labels)."""
+    assert_error(jobs.get("empty_class"), "no readable images in", jobs.path("empty_class", "train"), "b_empty",
+                 "every class folder needs at least one readable image")
+    res = jobs.get("unreadable_class_eval")
+    assert_error(res, "no readable images in", jobs.path("unreadable_class", "val"), "d_broken (1 unreadable files)")
+    assert "warning: DatasetWarning: skipped 1 unreadable file in" in res.stderr
+
+
+@needs("odd_files_train", "odd_files_eval")
+def test_data_corrupt_empty_nonimage_skipped_gray_rgba_converted(jobs):
+    """Zero-byte, corrupt, cut and non-image files are skipped with one counted warning per split; a JPEG
+    whose header is fine but whose data is cut is replaced at read time with a warning; grayscale and
+    RGBA images are converted to RGB and used."""
+    res = jobs.get("odd_files_train")
+    assert res.returncode == 0, res
+    assert_no_traceback(res)
+    log = res.log()
+    for split in ("train", "val"):
+        lines = [line for line in log.splitlines() if f"skipped 4 unreadable files in {jobs.path('odd', split)}" in line]
+        assert len(lines) == 1, log
+        for what in ("a_top/zero.png (zero bytes)", "a_top/garbage.png (corrupt image)", "a_top/notes.txt (not an image)",
+                     "a_top/cut.png (corrupt image"):
+            assert what in lines[0], (what, lines[0])
+    # 36 + 12 good images, plus gray.png, rgba.png and cut.jpg in each split
+    assert "39 train images (4 steps of 8" in log and "15 val images" in log
+    assert re.search(r"WARNING DatasetWarning: could not decode .*c_diag/cut\.jpg .*serving the next sample", log)
+    assert "val top1" in log
+    ev = jobs.get("odd_files_eval")
+    assert ev.returncode == 0, ev
+    assert_no_traceback(ev)
+    assert f"warning: DatasetWarning: skipped 4 unreadable files in {jobs.path('odd', 'val')}" in ev.stderr
+    assert ev.stdout.strip().splitlines()[-1].split()[-1] == "15", ev.stdout  # the table's samples column
+
+
+# ========================================================================================== checkpoints
+@needs("wrong_model_eval", "wrong_model_resume")
+def test_checkpoint_of_another_model(jobs):
+    straight = jobs.get("straight")
+    last = os.path.join(straight.out, "last.ckpt")
+    assert_error(jobs.get("wrong_model_eval"), f"checkpoint {last} does not match model deit_tiny_patch16_224",
+                 "shape mismatch", "cls_token: file (1, 1, 128) vs model (1, 1, 192)",
+                 "the checkpoint's embed dim is 128, the model's 192")
+    first = os.path.join(straight.out, "epoch_0001.ckpt")
+    assert_error(jobs.get("wrong_model_resume"), f"resume checkpoint {first}",
+                 "written for model 'vit_digits_patch4_32'", "this run trains 'ppt_vit_digits_patch4_32'")
+
+
+@needs("truncated_eval", "truncated_resume", "truncated_convert")
+def test_checkpoint_truncated(jobs):
+    path = jobs.path("truncated.ckpt")
+    assert_error(jobs.get("truncated_eval"), path, "could not be read as a MindSpore .ckpt", "expected a")
+    assert_error(jobs.get("truncated_resume"), f"resume checkpoint {path} could not be read", "truncated")
+    assert_error(jobs.get("truncated_convert"), jobs.path("truncated.pth"), "truncated or corrupt", "expected a")
+    assert not os.path.exists(jobs.path("truncated_out.ckpt"))
+
+
+@needs("unknown_keys_convert", "unknown_keys_eval")
+def test_checkpoint_pth_with_unknown_keys(jobs):
+    src = jobs.path("unknown_keys.pth")
+    for name, model in (("unknown_keys_convert", "ppt_vit_digits_patch4_32"), ("unknown_keys_eval", "vit_digits_patch4_32")):
+        assert_error(jobs.get(name), f"checkpoint {src} does not match model {model}",
+                     "unexpected [extra_head.weight, blocks.7.attn.qkv.weight]")
+    assert not os.path.exists(jobs.path("unknown_keys.ckpt"))
+
+
+@needs("evil_convert", "evil_eval")
+def test_checkpoint_pickle_that_runs_code_is_refused(jobs):
+    for name in ("convert", "eval"):
+        src = jobs.path(f"evil_{name}.pth")
+        assert_error(jobs.get(f"evil_{name}"), f"refusing to load posix.system from {src}",
+                     "only tensors, dicts, lists and plain values are allowed")
+        assert not os.path.exists(jobs.path(f"PWNED_{name}")), "the pickle's code ran"
+    assert not os.path.exists(jobs.path("evil.ckpt"))
+
+
+@needs("resume_missing")
+def test_resume_from_missing_path(jobs):
+    assert_error(jobs.get("resume_missing"), f"resume checkpoint {jobs.path('no_such', 'last.ckpt')}",
+                 "does not exist")
+
+
+# ======================================================================================= training faults
+@needs("nonfinite")
+def test_nonfinite_loss_stops_naming_step_and_last_good_checkpoint(jobs):
+    straight = jobs.get("straight")
+    good = os.path.join(straight.out, "epoch_0001.ckpt")
+    res = jobs.get("nonfinite")
+    line = assert_error(res, "error: loss is", "at epoch 2/2, step", "(global step", "training stopped",
+                        f"last good checkpoint: {good}", f"--resume {good}", status=1)
+    assert re.search(r"loss is (nan|inf|-inf) at epoch 2/2, step [1-4]/4 \(global step [5-8]\)", line), line
+    # nothing poisoned was saved
+    assert checkpoint_files(res.out) == []
+
+
+@needs("sigterm", "straight")
+def test_sigterm_writes_resumable_checkpoint_then_resume_finishes_like_straight_run(jobs):
+    straight = jobs.get("straight")
+    stopped, where, resumed = jobs.get("sigterm")
+    ckpt = os.path.join(stopped.out, "last.ckpt")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped
+    assert_no_traceback(stopped)
+    assert "stopped: interrupted by SIGTERM" in stopped.stderr and f"--resume {ckpt}" in stopped.stderr, stopped
+    # (epoch, step, global step): after step 2 or 3, or, if it landed in the last step, after the epoch
+    assert where in ((0, 2, 2), (0, 3, 3), (1, 0, 4)), where
+    assert resumed.returncode == 0, resumed
+    assert f"resumed from {ckpt}" in resumed.stdout
+    assert_same_state(os.path.join(straight.out, "last.ckpt"), ckpt)
+    # the steps before the signal logged the same losses as the straight run
+    before = logged_losses(resumed.log())[: where[2]]
+    assert before == logged_losses(straight.log())[: where[2]]
+
+
+@needs("kill9", "straight")
+def test_kill9_mid_epoch_leaves_only_complete_checkpoints_and_resumes(jobs):
+    straight = jobs.get("straight")
+    killed, files, partial, resumed = jobs.get("kill9")
+    assert killed.returncode == -signal.SIGKILL, killed
+    # every file under a final name is a complete checkpoint of epoch 1 (each one was loaded)
+    assert set(files) == {"last.ckpt", "best.ckpt", "epoch_0001.ckpt"}, files
+    assert set(files.values()) == {(1, 0, 4)}, files
+    assert resumed.returncode == 0, resumed
+    assert_no_traceback(resumed)
+    assert_same_state(os.path.join(straight.out, "last.ckpt"), os.path.join(killed.out, "last.ckpt"))
+    assert partial_files(killed.out) == []
+
+
+@needs("kill_in_save")
+def test_kill_during_checkpoint_save_keeps_previous_checkpoint(jobs):
+    killed, files, partial, again = jobs.get("kill_in_save")
+    assert killed.returncode == -signal.SIGKILL, killed
+    assert set(files) == {"last.ckpt", "best.ckpt", "epoch_0001.ckpt"}, files
+    assert set(files.values()) == {(1, 0, 4)}, files  # the half-written epoch-2 save never got a final name
+    assert len(partial) == 1 and partial[0].startswith(".last.ckpt.") and partial[0].endswith(".partial.ckpt")
+    # the next run in the directory restores last.ckpt and removes the half-written file
+    assert again.returncode == 0, again
+    assert_no_traceback(again)
+    assert f"resumed from {os.path.join(killed.out, 'last.ckpt')}" in again.stdout
+    assert "removed 1 temporary file(s) of an interrupted checkpoint save" in again.stdout
+    assert "nothing to train" in again.stdout
+    assert partial_files(killed.out) == []
+    assert ckpt_meta(os.path.join(killed.out, "last.ckpt")) == (1, 0, 4)
+
+
+@needs("disk_full")
+def test_disk_full_while_saving_keeps_previous_checkpoint(jobs):
+    res = jobs.get("disk_full")
+    last = os.path.join(res.out, "last.ckpt")
+    assert_error(res, f"could not write checkpoint {last} (end of epoch 2): No space left on device",
+                 "training stopped", f"the previous checkpoint {last} (end of epoch 1) is intact",
+                 f"--resume {last}", status=1)
+    assert ckpt_meta(last) == (1, 0, 4)
+    assert checkpoint_files(res.out) == ["best.ckpt", "epoch_0001.ckpt", "last.ckpt"]
+    assert partial_files(res.out) == []  # the failed save's temporary file was removed
+
+
+# ========================================================================================== determinism
+@needs("determinism_a", "determinism_b")
+def test_same_seed_graph_mode_gives_identical_losses(jobs):
+    a, b = jobs.get("determinism_a"), jobs.get("determinism_b")
+    assert a.returncode == 0, a
+    assert b.returncode == 0, b
+    log_a, log_b = a.log(), b.log()
+    assert "graph mode on CPU" in log_a
+    losses_a, losses_b = logged_losses(log_a), logged_losses(log_b)
+    assert [(e, s) for e, s, _ in losses_a] == [(e, s) for e in (1, 2) for s in (1, 2, 3, 4)]
+    assert losses_a == losses_b
+    assert len({loss for _, _, loss in losses_a}) > 4  # really different steps, not a constant
+    # and bit for bit the same weights and optimizer state
+    state_a, state_b = ckpt_arrays(os.path.join(a.out, "last.ckpt")), ckpt_arrays(os.path.join(b.out, "last.ckpt"))
+    assert set(state_a) == set(state_b)
+    for name in state_a:
+        np.testing.assert_array_equal(state_a[name], state_b[name], err_msg=name)

@@ -63,5 +63,5 @@ def test_two_cpu_workers_end_with_identical_weights(tmp_path):
     import mindspore as ms
     from mindppt.models import create_model
     ms.set_seed(0)
-    init = create_model("ppt_vit_digits_patch4_32", num_classes=3, img_size=16, r_tokens=2, pp_loc_list=(1, 2))
+    init = create_model("ppt_vit_digits_patch4_16", num_classes=3, img_size=16, r_tokens=2, pp_loc_list=(1, 2))
     assert not np.allclose(init.head.weight.asnumpy(), rank0["head.weight"])

@@ -147,3 +147,17 @@ def test_threshold_change_reaches_a_compiled_graph():
     assert infos[0]["pooled"].all()
     assert model.blocks[3].compression.threshold == pytest.approx(1e9)
     assert all(not p.requires_grad for n, p in model.parameters_and_names() if n.endswith("ppt_threshold"))
+
+
+def test_gelu_matches_exact_erf_gelu_and_its_gradient():
+    import math
+    from mindppt.models.vit import GELU
+
+    x = np.linspace(-12, 12, 4801)
+    exact = x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    exact_grad = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    gelu = GELU()
+    xt = ms.Tensor(x.astype(np.float32))
+    np.testing.assert_allclose(gelu(xt).asnumpy(), exact, rtol=0, atol=1.5e-6)
+    grad = ms.grad(gelu)(xt).asnumpy()
+    np.testing.assert_allclose(grad, exact_grad, rtol=0, atol=2e-6)

@@ -9,7 +9,7 @@ disk and a SIGKILL in the middle of a save come from a small wrapper script that
 ``mindspore.save_checkpoint`` and then runs ``tools/train.py`` unchanged.
 
 Speed: a generated 3-class ImageFolder of 16x16 images (36 train, 12 val) and the small digits ViT
-(``vit_digits_patch4_32`` at 16x16 = 17 tokens) in GRAPH_MODE. A run of 2 epochs of 4 steps takes
+(``vit_digits_patch4_16`` at 16x16 = 17 tokens) in GRAPH_MODE. A run of 2 epochs of 4 steps takes
 15-25 s, mostly graph compilation. All subprocesses of the selected tests start when the module's first
 test runs. They run in threads, at most ``MINDPPT_TEST_JOBS`` (default 3) at a time, and jobs that need
 another job's output wait for it. The README's "Reliability" section has the table of cases.
@@ -43,7 +43,7 @@ _SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("MINDPPT_TEST_JOBS
 # uninterrupted one. PPT is on: blocks 1 and 2 remove 4 tokens each (17 -> 13 -> 9).
 BASE_CONFIG = {
     "device_target": "CPU", "mode": "graph", "seed": 0,
-    "model": "vit_digits_patch4_32", "num_classes": 3, "r_tokens": 4, "pp_loc_list": [1, 2],
+    "model": "vit_digits_patch4_16", "num_classes": 3, "r_tokens": 4, "pp_loc_list": [1, 2],
     "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
     "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
     "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
@@ -334,7 +334,7 @@ def prepare_inputs(workdir):
 
     from mindppt.models import create_model
 
-    net = create_model("ppt_vit_digits_patch4_32", num_classes=3)  # 32x32
+    net = create_model("ppt_vit_digits_patch4_16", num_classes=3)
     rng = np.random.default_rng(0)
     state = {p.name: (0.02 * rng.standard_normal(p.shape)).astype(np.float32) for p in net.trainable_params()}
     with open(_write_pth(path("whole.pth"), state), "rb") as f:
@@ -442,7 +442,7 @@ def job_wrong_model_eval(jobs):
 
 def job_wrong_model_resume(jobs):
     first = os.path.join(jobs.get("straight").out, "epoch_0001.ckpt")
-    return run(TRAIN, "-c", _cfg(jobs), "--model", "ppt_vit_digits_patch4_32", "--resume", first,
+    return run(TRAIN, "-c", _cfg(jobs), "--model", "ppt_vit_digits_patch4_16", "--resume", first,
                out=jobs.path("wrong_model_resume"))
 
 
@@ -472,16 +472,16 @@ def job_truncated_resume(jobs):
 # --- checkpoints that need no training run
 def job_truncated_convert(jobs):
     return run(CONVERT, "--src", jobs.path("truncated.pth"), "--dst", jobs.path("truncated_out.ckpt"),
-               "--model", "ppt_vit_digits_patch4_32", "--num_classes", "3")
+               "--model", "ppt_vit_digits_patch4_16", "--num_classes", "3")
 
 
 def job_unknown_keys_convert(jobs):
     return run(CONVERT, "--src", jobs.path("unknown_keys.pth"), "--dst", jobs.path("unknown_keys.ckpt"),
-               "--model", "ppt_vit_digits_patch4_32", "--num_classes", "3")
+               "--model", "ppt_vit_digits_patch4_16", "--num_classes", "3")
 
 
 def job_unknown_keys_eval(jobs):
-    return run(EVAL, "-c", _cfg(jobs), "--image_size", "32", "--ckpt_path", jobs.path("unknown_keys.pth"))
+    return run(EVAL, "-c", _cfg(jobs), "--ckpt_path", jobs.path("unknown_keys.pth"))
 
 
 def job_evil_convert(jobs):
@@ -608,7 +608,7 @@ def test_config_r_tokens_larger_than_tokens_is_clamped_with_warning(jobs):
 @needs("pp_loc_out_of_range")
 def test_config_pp_loc_list_out_of_range(jobs):
     res = jobs.get("pp_loc_out_of_range")
-    assert_error(res, "vit_digits_patch4_32", "pp_loc_list entry 9 is out of range", "blocks are 0..5")
+    assert_error(res, "vit_digits_patch4_16", "pp_loc_list entry 9 is out of range", "blocks are 0..5")
 
 
 @needs("missing_config")
@@ -682,7 +682,7 @@ def test_checkpoint_of_another_model(jobs):
                  "the checkpoint's embed dim is 128, the model's 192")
     first = os.path.join(straight.out, "epoch_0001.ckpt")
     assert_error(jobs.get("wrong_model_resume"), f"resume checkpoint {first}",
-                 "written for model 'vit_digits_patch4_32'", "this run trains 'ppt_vit_digits_patch4_32'")
+                 "written for model 'vit_digits_patch4_16'", "this run trains 'ppt_vit_digits_patch4_16'")
 
 
 @needs("truncated_eval", "truncated_resume", "truncated_convert")
@@ -697,7 +697,7 @@ def test_checkpoint_truncated(jobs):
 @needs("unknown_keys_convert", "unknown_keys_eval")
 def test_checkpoint_pth_with_unknown_keys(jobs):
     src = jobs.path("unknown_keys.pth")
-    for name, model in (("unknown_keys_convert", "ppt_vit_digits_patch4_32"), ("unknown_keys_eval", "vit_digits_patch4_32")):
+    for name, model in (("unknown_keys_convert", "ppt_vit_digits_patch4_16"), ("unknown_keys_eval", "vit_digits_patch4_16")):
         assert_error(jobs.get(name), f"checkpoint {src} does not match model {model}",
                      "unexpected [extra_head.weight, blocks.7.attn.qkv.weight]")
     assert not os.path.exists(jobs.path("unknown_keys.ckpt"))

@@ -27,7 +27,7 @@ EVAL = os.path.join(ROOT, "tools", "eval.py")
 # used the training threshold would not match tools/eval.py.
 BASE_CONFIG = {
     "device_target": "CPU", "mode": "graph", "seed": 0,
-    "model": "ppt_vit_digits_patch4_32", "num_classes": 3, "r_tokens": 2, "pp_loc_list": [1, 2],
+    "model": "ppt_vit_digits_patch4_16", "num_classes": 3, "r_tokens": 2, "pp_loc_list": [1, 2],
     "threshold": 0.0, "eval_threshold": 1.0,
     "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
     "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
@@ -205,7 +205,7 @@ def test_eval_tool_writes_metrics_json(straight_run, config_path, tmp_path):
     assert metrics["top1"] == pytest.approx(summary["last_val"]["top1"])
     assert metrics["loss"] == pytest.approx(summary["last_val"]["loss"], rel=1e-4)
     assert 0.0 < metrics["loss"] < 5.0
-    model = create_model("ppt_vit_digits_patch4_32", num_classes=3, img_size=16, r_tokens=2, pp_loc_list=(1, 2))
+    model = create_model("ppt_vit_digits_patch4_16", num_classes=3, img_size=16, r_tokens=2, pp_loc_list=(1, 2))
     assert [n for _, n in model.token_schedule] == [17, 15, 13, 13, 13, 13]
     assert metrics["gmacs"] == pytest.approx(model_gmacs(model))
     params = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6

@@ -2,8 +2,8 @@
 
 1. writes scikit-learn's digits (1797 real 8x8 scans, fixed stratified split) as an ImageFolder in
    outputs/demo/digits;
-2. trains ``vit_digits_patch4_32`` (dense: the recipe with ``--model vit_digits_patch4_32 --r_tokens 0``)
-   and ``ppt_vit_digits_patch4_32`` with configs/demo_digits.yaml;
+2. trains ``vit_digits_patch4_16`` (dense: the recipe with ``--model vit_digits_patch4_16 --r_tokens 0``)
+   and ``ppt_vit_digits_patch4_16`` with configs/demo_digits.yaml;
 3. evaluates both final checkpoints (top-1/top-5/loss on the 450 validation digits, GMACs from the token
    schedule), measures forward img/s of the two models alternately in this process (so machine load hits
    both alike), and counts how often PPT pooled vs pruned in each compression block;
@@ -24,7 +24,7 @@ from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo_digits.yaml")
 OUT = os.path.join(ROOT, "outputs", "demo")
-DENSE_MODEL = "vit_digits_patch4_32"
+DENSE_MODEL = "vit_digits_patch4_16"
 TARGET_TOP1, TARGET_GAP, TARGET_GMACS_RATIO, TARGET_MINUTES = 85.0, 1.5, 0.7, 10.0
 
 

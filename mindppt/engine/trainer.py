@@ -105,8 +105,9 @@ def make_reduce_sum(group_size):
 def build_model(args, for_eval=False, with_weights=True):
     """``create_model`` from the config; invalid model settings become ConfigError."""
     kwargs = model_kwargs(args, for_eval=for_eval)
-    if not with_weights:
-        kwargs["checkpoint_path"] = ""
+    # Loaded after building, so a training checkpoint (weights + optimizer state) works here too.
+    weights = kwargs.pop("checkpoint_path", "") if with_weights else ""
+    kwargs.pop("checkpoint_path", None)
     if for_eval:
         kwargs["drop_path_rate"] = 0.0
         kwargs["drop_rate"] = 0.0
@@ -116,6 +117,9 @@ def build_model(args, for_eval=False, with_weights=True):
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build model {args.model!r}: {e}") from None
+    if weights:
+        from .evaluate import load_eval_weights  # pylint: disable=import-outside-toplevel
+        load_eval_weights(model, weights, model_name=args.model)
     warn_clamped_r_tokens(model, args.r_tokens)
     return model
 

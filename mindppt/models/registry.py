@@ -35,5 +35,5 @@ def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, 
     model = _MODELS[model_name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     if checkpoint_path:
         from mindppt.utils.checkpoint import load_model_weights  # pylint: disable=import-outside-toplevel
-        load_model_weights(model, checkpoint_path)
+        load_model_weights(model, checkpoint_path, model_name=model_name)
     return model

@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 import mindspore as ms
-from tiny_data import make_tiny_imagefolder as make_imagefolder
+from train_helpers import assert_same_state, ckpt_arrays, make_tiny_imagefolder as make_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
@@ -189,20 +189,9 @@ def logged_losses(log_text):
     return [(int(e), int(s), loss) for e, s, loss in _LOSS_LINE.findall(log_text)]
 
 
-def ckpt_arrays(path):
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if hasattr(v, "asnumpy")}
-
-
 def ckpt_meta(path):
     state = ckpt_arrays(path)
     return int(state["meta_epoch"]), int(state["meta_step_in_epoch"]), int(state["meta_global_step"])
-
-
-def assert_same_state(path_a, path_b, rtol=1e-5, atol=1e-6):
-    a, b = ckpt_arrays(path_a), ckpt_arrays(path_b)
-    assert set(a) == set(b)
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
 
 
 def assert_no_traceback(result):

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 import mindspore as ms
-from tiny_data import make_tiny_imagefolder
+from train_helpers import assert_same_state, ckpt_arrays, make_tiny_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
@@ -60,21 +60,6 @@ def tool_env():
 def run_tool(script, *argv, timeout=300):
     return subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=timeout,
                           env=tool_env(), cwd=ROOT)
-
-
-def ckpt_arrays(path):
-    out = {}
-    for name, value in ms.load_checkpoint(path).items():
-        if hasattr(value, "asnumpy"):
-            out[name] = value.asnumpy()
-    return out
-
-
-def assert_same_state(path_a, path_b, rtol=1e-5, atol=1e-6):
-    a, b = ckpt_arrays(path_a), ckpt_arrays(path_b)
-    assert set(a) == set(b)
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
 
 
 def parse(argv):

@@ -53,7 +53,7 @@ def test_graphs_hold_the_expected_primitives(graphs):
         assert name not in dense_eval, name
     for name in ("BatchMatMul", "LayerNorm", "Softmax", "Sigmoid", "Cast"):
         assert name in ppt_eval and name in dense_eval, name
-    for name in ("AdamWeightDecay", "LayerNormGrad", "SoftmaxBackward", "LogSoftmax"):
+    for name in ("AdamWeightDecay", "LayerNormGrad", "SoftmaxBackward", "LogSoftmax", "UniformReal"):
         assert name in train, name
     # The eval graph is contained in the training step, and the dense model in PPT's.
     for model in MODELS:

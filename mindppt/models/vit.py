@@ -9,6 +9,7 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
+from mindspore.common.seed import _get_graph_seed  # nn.Dropout's seeding (MindSpore is pinned)
 from mindspore.common.initializer import initializer, TruncatedNormal, Zero, One
 
 from .ppt import TokenCompression, effective_r
@@ -56,19 +57,48 @@ class PatchEmbed(nn.Cell):
         return x.reshape(b, self.num_patches, self.embed_dim)
 
 
-class DropPath(nn.Cell):
-    """Stochastic depth per sample (identity at inference)."""
+class _RandomKeep(nn.Cell):
+    """Base of Dropout and DropPath: a keep mask from ``UniformReal``, scaled by ``1 / keep_prob``.
 
-    def __init__(self, drop_prob=0.0):
+    Not ``nn.Dropout``: MindSpore 2.10's CPU Dropout and Bernoulli kernels give a different mask sequence
+    from about the sixth call on when the machine is loaded (five same-seed processes run side by side
+    gave five sequences), which broke same-seed reproducibility. ``UniformReal`` with fixed seeds gave
+    one sequence in the same check. Its seeds come from the global seed (``mindspore.set_seed``) the
+    way ``nn.Dropout``'s do: each cell draws its own stream, and the streams repeat after the same
+    ``set_seed`` and the same build order."""
+
+    def __init__(self, drop_prob):
         super().__init__()
+        if not 0.0 <= float(drop_prob) < 1.0:
+            raise ValueError(f"drop probability must be in [0, 1), got {drop_prob!r}")
         self.drop_prob = float(drop_prob)
-        self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
+        self.keep_prob = 1.0 - self.drop_prob
+        self.uniform = None
+        if self.drop_prob > 0:
+            seed, seed2 = _get_graph_seed(None, "mindppt_random_keep")
+            self.uniform = ops.UniformReal(seed=seed, seed2=seed2)
+
+    def keep_mask(self, shape, dtype):
+        """1 / keep_prob with probability keep_prob, else 0."""
+        return ops.floor(self.uniform(shape) + self.keep_prob).astype(dtype) / self.keep_prob
+
+
+class Dropout(_RandomKeep):
+    """Element-wise dropout (identity at inference or with p = 0)."""
 
     def construct(self, x):
-        if self.dropout is None or not self.training:
+        if self.uniform is None or not self.training:
             return x
-        mask = self.dropout(ops.ones((x.shape[0], 1, 1), x.dtype))
-        return x * mask
+        return x * self.keep_mask(x.shape, x.dtype)
+
+
+class DropPath(_RandomKeep):
+    """Stochastic depth per sample (identity at inference or with p = 0)."""
+
+    def construct(self, x):
+        if self.uniform is None or not self.training:
+            return x
+        return x * self.keep_mask((x.shape[0], 1, 1), x.dtype)
 
 
 class GELU(nn.Cell):
@@ -107,7 +137,7 @@ class Mlp(nn.Cell):
         self.fc1 = nn.Dense(dim, hidden_dim)
         self.act = GELU()
         self.fc2 = nn.Dense(hidden_dim, dim)
-        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.drop = Dropout(drop)
 
     def construct(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -129,8 +159,8 @@ class Attention(nn.Cell):
         self.prop_attn = prop_attn
         self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
         self.proj = nn.Dense(dim, dim)
-        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+        self.attn_drop = Dropout(attn_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.av = ops.BatchMatMul()
         self.softmax = nn.Softmax(axis=-1)
@@ -212,7 +242,7 @@ class VisionTransformer(nn.Cell):
                                    name="cls_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_tokens, embed_dim), ms.float32),
                                    name="pos_embed")
-        self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.pos_drop = Dropout(drop_rate)
 
         self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
         drop_path = np.linspace(0, drop_path_rate, depth).tolist()
@@ -231,7 +261,7 @@ class VisionTransformer(nn.Cell):
             sizes_vary = sizes_vary or r > 0
         self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(embed_dim)
-        self.head_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head_drop = Dropout(drop_rate)
         self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 

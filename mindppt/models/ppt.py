@@ -64,6 +64,7 @@ class TokenCompression(nn.Cell):
         self.cls_score = Tensor(np.full((1, 1), 2.0, np.float32))
 
         self.bmm = ops.BatchMatMul()
+        self.matmul = ops.MatMul()
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm_tn = ops.BatchMatMul(transpose_a=True)
         self.on = Tensor(1.0, ms.float32)
@@ -80,8 +81,12 @@ class TokenCompression(nn.Cell):
     def significance(self, attn, v):
         """Normalised ATS scores (B, N) with the class token set to 2, and their unbiased variance."""
         cls_attn = attn[:, :, 0, :].astype(ms.float32).sum(axis=1)  # (B, N)
+        b, heads, n, head_dim = v.shape
         v32 = v.astype(ms.float32)
-        v_norm = ops.sqrt((v32 * v32).sum(axis=3).sum(axis=1))  # ||v_j|| over all heads
+        # ||v_j|| over all heads; the sum over head_dim as a matmul with ones (CPU ReduceSum over the
+        # last axis took 9x longer here)
+        squares = (v32 * v32).reshape(b * heads * n, head_dim)
+        v_norm = ops.sqrt(self.matmul(squares, ops.ones((head_dim, 1), ms.float32)).reshape(b, heads, n).sum(axis=1))
         raw = (cls_attn * v_norm)[:, 1:]
         normalised = raw / raw.sum(axis=1, keepdims=True)
         centred = normalised - normalised.mean(axis=1, keep_dims=True)

@@ -93,3 +93,14 @@ def test_build_writes_one_library_into_the_cache(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [os.path.basename(path)]  # the temporary file was renamed
     monkeypatch.setattr(fused_cpu, "_state", {"enabled": True, "library": None, "failed": False})
     assert fused_cpu.library_path() == path  # cached: same source, flags and CPU
+
+
+def test_unwritable_cache_falls_back_to_a_temporary_directory(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should be")
+    monkeypatch.setattr(fused_cpu, "_state", {"enabled": True, "library": None, "failed": False})
+    monkeypatch.setenv("MINDPPT_KERNEL_CACHE", str(blocked / "kernels"))
+    monkeypatch.setattr(fused_cpu.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = fused_cpu.library_path()
+    assert path is not None and path.startswith(str(tmp_path / "tmp"))

@@ -4,7 +4,8 @@ MindSpore's CPU backend runs every element-wise op as its own pass over memory, 
 polynomial costs ~17 passes over the MLP's hidden activations (22% of a PPT DeiT-S forward). The
 kernel in ``cpu_kernels/gelu.cc`` does the same arithmetic in one pass. It is compiled with the
 system's C++ compiler into a per-user cache the first time a model is built on the CPU backend
-(``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``), keyed by the source, the flags and
+(``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a per-user temporary directory
+when that is not writable), keyed by the source, the flags and
 the CPU. Anything that stops it (another backend, no compiler, a failed build,
 ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable MindSpore-op formulation in
 place; a failed build is reported once as a warning.
@@ -72,8 +73,16 @@ def _build():
     library = os.path.join(directory, f"mindppt_gelu_{key}.so")
     if os.path.exists(library):
         return library
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
+    except OSError:  # read-only home (some CI and cluster setups): a per-user temporary cache instead
+        directory = os.path.join(tempfile.gettempdir(), f"mindppt-kernels-{os.getuid()}")
+        library = os.path.join(directory, os.path.basename(library))
+        if os.path.exists(library):
+            return library
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
     os.close(fd)
     try:
         proc = subprocess.run([compiler, *_FLAGS, _SOURCE, "-o", tmp], capture_output=True, text=True,

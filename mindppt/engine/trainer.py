@@ -106,8 +106,9 @@ def build_model(args, for_eval=False, with_weights=True):
     """``create_model`` from the config; invalid model settings become ConfigError."""
     kwargs = model_kwargs(args, for_eval=for_eval)
     # Loaded after building, so a training checkpoint (weights + optimizer state) works here too.
-    weights = kwargs.pop("checkpoint_path", "") if with_weights else ""
-    kwargs.pop("checkpoint_path", None)
+    weights = kwargs.pop("checkpoint_path", "")
+    if not with_weights:
+        weights = ""
     if for_eval:
         kwargs["drop_path_rate"] = 0.0
         kwargs["drop_rate"] = 0.0

@@ -69,20 +69,20 @@ def _build():
     with open(_SOURCE, "rb") as handle:
         source = handle.read()
     key = hashlib.sha1(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    directory = _cache_dir()
-    library = os.path.join(directory, f"mindppt_gelu_{key}.so")
-    if os.path.exists(library):
-        return library
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
-    except OSError:  # read-only home (some CI and cluster setups): a per-user temporary cache instead
-        directory = os.path.join(tempfile.gettempdir(), f"mindppt-kernels-{os.getuid()}")
-        library = os.path.join(directory, os.path.basename(library))
+    name = f"mindppt_gelu_{key}.so"
+    # the user cache, else (read-only home on some CI and cluster setups) a per-user temporary one
+    for directory in (_cache_dir(), os.path.join(tempfile.gettempdir(), f"mindppt-kernels-{os.getuid()}")):
+        library = os.path.join(directory, name)
         if os.path.exists(library):
             return library
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
+            break
+        except OSError as err:
+            unwritable = err
+    else:
+        raise unwritable
     os.close(fd)
     try:
         proc = subprocess.run([compiler, *_FLAGS, _SOURCE, "-o", tmp], capture_output=True, text=True,
@@ -118,9 +118,8 @@ def gelu_ops():
     library = library_path()
     if library is None:
         return None
-    same_shape = _same  # ops.Custom wants callables for the output shape and dtype
-    forward = ops.Custom(f"{library}:MindpptGeluForward", out_shape=same_shape, out_dtype=same_shape,
-                         func_type="aot")
+    # ops.Custom wants callables for the output shape and dtype: those of the (first) input
+    forward = ops.Custom(f"{library}:MindpptGeluForward", out_shape=_same, out_dtype=_same, func_type="aot")
     backward = ops.Custom(f"{library}:MindpptGeluBackward", out_shape=_first, out_dtype=_first, func_type="aot")
     return forward, backward
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from mindppt.utils.config import (ConfigError, build_parser, default_config, load_config, model_kwargs,
-                                  parse_args, resolve_lr, save_config, str2bool, validate_config)
+from mindppt.utils.config import (ConfigError, build_parser, default_config, given_options, load_config,
+                                  model_kwargs, parse_args, resolve_lr, save_config, str2bool, validate_config)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -206,7 +206,7 @@ def test_resolve_lr_linear_scaling():
     args = parse_args(["--lr_per_512", "1e-5", "--batch_size", "128"])
     assert resolve_lr(args, device_num=8) == pytest.approx(2e-5)
     assert resolve_lr(args) == pytest.approx(2.5e-6)
-    args = parse_args(["--lr_per_512", "1e-5", "--lr", "3e-4"])
+    args = parse_args(["--lr", "3e-4"])  # lr_per_512 keeps its default
     assert resolve_lr(args, device_num=8) == pytest.approx(3e-4)  # absolute lr wins
 
 
@@ -261,3 +261,50 @@ def test_help_lists_options(capsys):
     out = capsys.readouterr().out
     for name in ("--batch_size", "--lr_per_512", "--pp_loc_list", "--metrics_out"):
         assert name in out
+
+
+@pytest.mark.parametrize("tool, argv, needle", [
+    ("eval", ["--threshold", "0"], None),  # no eval_threshold anywhere: --threshold is the eval threshold
+    ("eval", ["--eval_threshold", "0", "--threshold", "0"], "--threshold is a training option"),
+    ("eval", ["--drop_path_rate", "0.2"], "--drop_path_rate is a training option"),
+    ("eval", ["--distribute", "true"], "--distribute is a training option"),
+    ("eval", ["--ckpt_path", "a.ckpt", "--checkpoint_path", "b.ckpt"], "tools/eval.py loads ckpt_path"),
+    ("train", ["--metrics_out", "m.json"], "--metrics_out is an option of tools/eval.py"),
+    ("train", ["--ckpt_path", "a.ckpt"], "use --checkpoint_path"),
+    ("demo", ["--model", "deit_tiny_patch16_224"], "--model is set by the demo itself"),
+    ("demo", ["--epoch_size", "30", "--threshold", "1e-3"], None),
+    (None, ["--lr", "1e-3", "--lr_per_512", "1e-3"], "--lr_per_512 has no effect: lr is set"),
+    (None, ["--auto_augment", "rand-m9", "--color_jitter", "0.3"], "--color_jitter has no effect"),
+    (None, ["--auto_augment", "none", "--color_jitter", "0.3"], None),
+    (None, ["--loss_scale", "512"], "--loss_scale has no effect"),
+    (None, ["--loss_scale_type", "fixed", "--loss_scale", "512"], None),
+    (None, ["--ema_decay", "0.9"], "--ema_decay has no effect: ema is off"),
+    (None, ["--momentum", "0.8"], "--momentum has no effect: opt is adamw"),
+    (None, ["--opt", "sgd", "--betas", "0.9,0.99"], "--betas has no effect: opt is sgd"),
+    (None, ["--mixup", "0", "--mixup_switch_prob", "0.3"], "--mixup_switch_prob has no effect"),
+    (None, ["--mixup", "0", "--cutmix", "0", "--mixup_prob", "0.3"], "--mixup_prob has no effect"),
+    (None, ["--warmup_epochs", "0", "--warmup_lr", "1e-6"], "--warmup_lr has no effect"),
+    (None, ["--scheduler", "constant", "--min_lr", "0"], "--min_lr has no effect"),
+    (None, ["--mode", "pynative", "--jit_level", "O1"], "--jit_level has no effect"),
+    ("train", ["--distribute", "true", "--device_id", "1"], "--device_id has no effect"),
+    (None, ["--r_tokens", "0", "--threshold", "1e-4"], "--threshold has no effect: r_tokens is 0"),
+    (None, ["--r_tokens", "0,0,0,0,0,0,0,0,0,0,0,0", "--pp_loc_list", "1"], "--pp_loc_list has no effect"),
+])
+def test_command_line_options_that_would_do_nothing_are_refused(tool, argv, needle, capsys):
+    if needle is None:
+        parse_args(argv, tool=tool)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, tool=tool)
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_recipe_values_may_be_shadowed_only_the_command_line_is_checked(tmp_path):
+    """A YAML recipe is shared by training and evaluation: its train-only or shadowed keys are fine."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 1.0e-3\nlr_per_512: 5.0e-4\nthreshold: 6.0e-5\neval_threshold: 7.0e-5\n"
+                      "loss_scale_type: none\nloss_scale: 512\n")
+    args = parse_args(["-c", str(recipe), "--eval_threshold", "0"], tool="eval")
+    assert args.eval_threshold == 0.0 and args.threshold == 6e-5
+    assert given_options(["-c", str(recipe), "--eval_threshold=0", "--lr", "1"]) == ["eval_threshold", "lr"]

@@ -37,6 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
 EVAL = os.path.join(ROOT, "tools", "eval.py")
 CONVERT = os.path.join(ROOT, "tools", "convert_weights.py")
+DEMO = os.path.join(ROOT, "tools", "demo.py")
+PAPER_RECIPE = os.path.join(ROOT, "configs", "ppt_deit_s.yaml")  # device_target Ascend, amp O2
 TIMEOUT = 480
 _SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("MINDPPT_TEST_JOBS", "3"))))
 
@@ -130,7 +132,11 @@ def _env(extra=None):
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("GLOG_v", "3")  # MindSpore: errors only
-    env.update(extra or {})
+    for key, value in (extra or {}).items():  # None removes a variable
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -160,6 +166,30 @@ def run(script, *argv, out=None, wrapper=None, env=None):
     with _SLOTS:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(env), cwd=ROOT)
     return Result(cmd, proc.returncode, proc.stdout, proc.stderr, None if out is None else str(out))
+
+
+def run_tty(script, *argv):
+    """Run a tool with stdout and stderr on a pseudo-terminal, as in an interactive shell."""
+    import pty  # pylint: disable=import-outside-toplevel
+
+    cmd = [sys.executable, script] + [str(a) for a in argv]
+    master, slave = pty.openpty()
+    chunks = []
+    with _SLOTS:
+        proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, env=_env(), cwd=ROOT)
+        os.close(slave)
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        returncode = proc.wait(timeout=TIMEOUT)
+        os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return Result(cmd, returncode, text, "")
 
 
 def run_and_signal(config, out, after, sig):
@@ -296,6 +326,7 @@ def prepare_inputs(workdir):
     write_config(path("unknown_key.yaml"), data_dir=data, batchsize=16)
     write_config(path("wrong_type.yaml"), data_dir=data, batch_size="abc")
     write_config(path("pp_loc.yaml"), data_dir=data, pp_loc_list=[1, 9])
+    write_config(path("eval_threshold.yaml"), data_dir=data, threshold=1e-3, eval_threshold=4e-3)
 
     add_odd_files(shutil.copytree(data, path("odd")))
     os.makedirs(path("loose", "train"))
@@ -504,6 +535,56 @@ def job_empty_class(jobs):
     return run(TRAIN, "-c", _cfg(jobs), "--data_dir", jobs.path("empty_class"), out=jobs.path("ec"))
 
 
+# --- the machine: device checks, MindSpore's start-up messages
+def job_ascend_recipe_eval(jobs):
+    """The paper's recipe (Ascend, O2) on this CPU-only machine, with no GLOG_v of the user's."""
+    return run(EVAL, "-c", PAPER_RECIPE, "--ckpt_path", jobs.path("whole.pth"), env={"GLOG_v": None})
+
+
+def job_ascend_recipe_train(jobs):
+    return run(TRAIN, "-c", PAPER_RECIPE, out=jobs.path("ascend_train"), env={"GLOG_v": None})
+
+
+def job_ascend_recipe_user_glog(jobs):
+    """The user's own GLOG_v (2 = warnings) is kept: MindSpore's warnings about the missing backend show."""
+    return run(EVAL, "-c", PAPER_RECIPE, "--ckpt_path", jobs.path("whole.pth"), env={"GLOG_v": "2"})
+
+
+def job_auto_device_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs, "eval_threshold.yaml"), "--device_target", "auto", "--log_interval", "1",
+               "--eval_threshold", "0", "--ckpt_path", _last(jobs), env={"GLOG_v": None})
+
+
+def job_eval_tty(jobs):
+    return run_tty(EVAL, "-c", _cfg(jobs), "--ckpt_path", _last(jobs))
+
+
+# --- flags that would do nothing
+def job_threshold_on_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs, "eval_threshold.yaml"), "--threshold", "0", "--ckpt_path", jobs.path("x.ckpt"))
+
+
+def job_train_option_on_eval(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--lr", "1e-3", "--ckpt_path", jobs.path("x.ckpt"))
+
+
+def job_eval_option_on_train(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", jobs.path("x.ckpt"), out=jobs.path("eval_opt_train"))
+
+
+def job_shadowed_option_on_train(jobs):
+    return run(TRAIN, "-c", _cfg(jobs), "--loss_scale", "512", out=jobs.path("shadowed_train"))
+
+
+def job_demo_fixed_option(jobs):
+    return run(DEMO, "--output_dir", jobs.path("demo_out"), "--epoch_size", "1")
+
+
+def job_paper_rule_clamp_eval(jobs):
+    """r=5 at blocks 1, 2, 3 of 17 tokens: 17 -> 12 -> 7 -> 4, block 3 removes 3 (half of its 6)."""
+    return run(EVAL, "-c", _cfg(jobs), "--r_tokens", "5", "--pp_loc_list", "1,2,3", "--ckpt_path", _last(jobs))
+
+
 # Start order = priority: long chains first (the straight run feeds many others), quick ones last.
 JOBS = {
     "straight": job_straight, "sigterm": job_sigterm, "kill9": job_kill9, "kill_in_save": job_kill_in_save,
@@ -519,10 +600,17 @@ JOBS = {
     "pp_loc_out_of_range": job_pp_loc_out_of_range, "missing_config": job_missing_config,
     "missing_data_dir": job_missing_data_dir, "missing_train_split": job_missing_train_split,
     "no_class_folders": job_no_class_folders, "empty_class": job_empty_class,
+    "auto_device_eval": job_auto_device_eval, "eval_tty": job_eval_tty,
+    "paper_rule_clamp_eval": job_paper_rule_clamp_eval, "ascend_recipe_eval": job_ascend_recipe_eval,
+    "ascend_recipe_train": job_ascend_recipe_train, "ascend_recipe_user_glog": job_ascend_recipe_user_glog,
+    "threshold_on_eval": job_threshold_on_eval, "train_option_on_eval": job_train_option_on_eval,
+    "eval_option_on_train": job_eval_option_on_train, "shadowed_option_on_train": job_shadowed_option_on_train,
+    "demo_fixed_option": job_demo_fixed_option,
 }
 JOB_DEPS = {name: ("straight",) for name in (
     "nonfinite", "odd_files_eval", "r_clamp_eval", "missing_val_split", "unreadable_class_eval",
-    "wrong_model_eval", "wrong_model_resume", "truncated_eval", "truncated_resume")}
+    "wrong_model_eval", "wrong_model_resume", "truncated_eval", "truncated_resume", "auto_device_eval",
+    "eval_tty", "paper_rule_clamp_eval")}
 
 
 def needs(*names):
@@ -577,7 +665,17 @@ def test_config_r_tokens_larger_than_tokens_is_clamped_with_warning(jobs):
     assert train.returncode == 0, train
     lines = [line for line in train.log().splitlines() if "r_tokens=100" in line]
     assert len(lines) == 1 and "WARNING UserWarning" in lines[0] and expected in lines[0], lines
-    assert "tokens after each block [17, 9, 5, 5, 5, 5]" in train.log()
+    assert "tokens after each block [17, 9, 5, 5, 5, 5]; r clamped to 8 at block 1 (17 tokens in)" in train.log()
+
+
+@needs("paper_rule_clamp_eval")
+def test_paper_rule_clamp_is_reported_not_warned(jobs):
+    """A clamp by PPT's own halving rule (as r=50 at blocks 3/6/9 of DeiT-S becomes 48 at block 9) is
+    the schedule the user asked for: no warning, the schedule is in the log."""
+    res = jobs.get("paper_rule_clamp_eval")
+    assert res.returncode == 0, res
+    assert "warning" not in res.text.lower(), res
+    assert "tokens after each block [17, 12, 7, 4, 4, 4]" in res.stdout, res.stdout
 
 
 @needs("pp_loc_out_of_range")
@@ -785,3 +883,70 @@ def test_same_seed_graph_mode_gives_identical_losses(jobs):
     assert set(state_a) == set(state_b)
     for name in state_a:
         np.testing.assert_array_equal(state_a[name], state_b[name], err_msg=name)
+
+
+# ======================================================================================= machine, flags
+def _mindspore_warnings(text):
+    return [line for line in text.splitlines() if line.startswith("[WARNING] ME")]
+
+
+@needs("ascend_recipe_eval", "ascend_recipe_train")
+def test_unavailable_device_is_one_line_naming_target_available_and_flags(jobs):
+    """The paper's recipes default to Ascend; on a machine without it every tool stops before any other
+    work with one line, and MindSpore's start-up warnings about the missing backends are not shown."""
+    from mindppt.utils.device import is_available
+
+    if is_available("Ascend"):
+        pytest.fail("this test expects a machine without Ascend (it checks the error a CPU machine gives)")
+    for name, flags in (("ascend_recipe_eval", "--device_target CPU --amp_level O0"),
+                        ("ascend_recipe_train", "--device_target CPU --amp_level O0 --loss_scale_type none")):
+        res = jobs.get(name)
+        line = assert_error(res, "device_target Ascend is not available", "available: CPU", flags,
+                            "--device_target auto")
+        assert "--loss_scale_type" not in line or name.endswith("train"), line  # eval has no loss scaling
+        assert not _mindspore_warnings(res.text), res
+        assert res.stdout == "", res
+    assert not os.path.exists(jobs.path("ascend_train")), "nothing is written before the device check"
+
+
+@needs("ascend_recipe_user_glog")
+def test_user_glog_setting_keeps_mindspore_warnings(jobs):
+    res = jobs.get("ascend_recipe_user_glog")
+    assert_error(res, "device_target Ascend is not available")
+    assert _mindspore_warnings(res.text), res
+
+
+@needs("auto_device_eval")
+def test_auto_device_command_line_threshold_and_eval_progress(jobs):
+    """device_target auto resolves to this machine's backend; --eval_threshold on the command line beats the
+    YAML's; evaluation logs its progress (batches, img/s, ETA) when not on a terminal."""
+    res = jobs.get("auto_device_eval")
+    assert res.returncode == 0, res
+    assert not _mindspore_warnings(res.text), res
+    head = [line for line in res.stdout.splitlines() if "evaluating" in line]
+    assert len(head) == 1 and "PPT threshold 0," in head[0] and "graph mode on CPU" in head[0], res.stdout
+    progress = re.findall(r"eval batch (\d+)/(\d+) img/s (\S+) eta (\S+)", res.stdout)
+    assert [(int(a), int(b)) for a, b, _, _ in progress] == [(1, 2), (2, 2)], res.stdout
+    assert progress[-1][3] == "0:00:00" and float(progress[-1][2]) > 0, progress
+
+
+@needs("eval_tty")
+def test_eval_progress_on_a_terminal_is_one_live_line(jobs):
+    res = jobs.get("eval_tty")
+    assert res.returncode == 0, res
+    assert "\reval batch 2/2 img/s" in res.stdout, res.stdout
+    assert not re.search(r"INFO eval batch", res.stdout), res.stdout  # not logged line by line on a TTY
+
+
+@needs("threshold_on_eval", "train_option_on_eval", "eval_option_on_train", "shadowed_option_on_train",
+       "demo_fixed_option")
+def test_command_line_options_that_would_do_nothing_are_refused(jobs):
+    assert_error(jobs.get("threshold_on_eval"), "--threshold", "tools/eval.py", "use --eval_threshold")
+    assert_error(jobs.get("train_option_on_eval"), "--lr is a training option")
+    assert_error(jobs.get("eval_option_on_train"), "--ckpt_path", "--checkpoint_path", "--resume")
+    assert_error(jobs.get("shadowed_option_on_train"), "--loss_scale has no effect", "loss_scale_type is none",
+                 "--loss_scale_type fixed or dynamic")
+    assert_error(jobs.get("demo_fixed_option"), "--output_dir is set by the demo itself")
+    for name, out in (("eval_option_on_train", "eval_opt_train"), ("shadowed_option_on_train", "shadowed_train"),
+                      ("demo_fixed_option", "demo_out")):
+        assert not os.path.exists(jobs.path(out)), name

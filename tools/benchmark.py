@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -117,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=2, help="timed calls per model per round")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--train", action="store_true", help="also time a training step (fwd+bwd+AdamW)")
-    p.add_argument("--device_target", default="CPU")
+    p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"))
     p.add_argument("--jit_level", default="", help="O0/O1/O2; empty keeps MindSpore's default")
     p.add_argument("--json", default="", help="write the results as a JSON list")
     return p.parse_args(argv)
@@ -126,10 +128,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import mindspore as ms
-    from mindppt.utils.device import setup_device
+    from mindppt.utils.device import DeviceUnavailableError, setup_device
 
-    setup_device(args.device_target, mode="graph", jit_level=args.jit_level or None)
-    print(f"mindspore {ms.__version__}, device {args.device_target}, cpus {os.cpu_count()}")
+    try:
+        device = setup_device(args.device_target, mode="graph", jit_level=args.jit_level or None)
+    except DeviceUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"mindspore {ms.__version__}, device {device}, cpus {os.cpu_count()}")
     header = f"{'model':<32} {'mode':<5} {'batch':>5} {'img/s':>9} {'latency_ms':>11} {'compile_s':>9} {'peak_MB':>9} {'GMACs':>7}"
     print(header)
     results = []
@@ -157,4 +163,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if isinstance(main(), list) else 2)

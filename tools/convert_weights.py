@@ -14,6 +14,8 @@ import os
 import sys
 import warnings
 
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mindppt.utils.checkpoint import CheckpointError, read_state_dict  # noqa: E402

@@ -9,13 +9,17 @@
    both alike), and counts how often PPT pooled vs pruned in each compression block;
 4. prints the comparison and writes outputs/demo/summary.json as {"dense": {...}, "ppt": {...}}.
 
-Extra ``--key value`` arguments go to both trainings (e.g. ``--epoch_size 3`` for a quick look).
+Extra ``--key value`` arguments go to both trainings (e.g. ``--epoch_size 3`` for a quick look); the
+options the demo sets itself (model, r_tokens, output_dir, weights) are refused.
 """
+import argparse
 import json
 import os
 import shutil
 import sys
 import time
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -60,12 +64,11 @@ def paired_throughput(models, *, batch_size, image_size, rounds=3, repeats=8):
 def main(argv=None):
     start = time.perf_counter()
     extra = list(sys.argv[1:] if argv is None else argv)
-    ppt_args = parse_cli(["-c", CONFIG, "--output_dir", os.path.join(OUT, "ppt")] + extra)
-    dense_args = parse_cli(["-c", CONFIG, "--output_dir", os.path.join(OUT, "dense"), "--model", DENSE_MODEL,
-                            "--r_tokens", "0"] + extra)
-
-    for args in (ppt_args, dense_args):  # relative paths of the recipe are relative to the repository
-        args.data_dir = os.path.join(ROOT, args.data_dir)
+    ppt_args = parse_cli(["-c", CONFIG] + extra, tool="demo")
+    ppt_args.data_dir = os.path.join(ROOT, ppt_args.data_dir)  # the recipe's paths are relative to the repository
+    ppt_args.output_dir = os.path.join(OUT, "ppt")
+    dense_args = argparse.Namespace(**vars(ppt_args))
+    dense_args.output_dir, dense_args.model, dense_args.r_tokens = os.path.join(OUT, "dense"), DENSE_MODEL, 0
 
     from mindppt.data import write_digits_imagefolder
     from mindppt.engine.evaluate import build_eval_model, eval_loader, evaluate

@@ -10,18 +10,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 
 
 def main(argv=None):
-    args = parse_cli(argv)
+    args = parse_cli(argv, tool="eval")
     from mindppt.engine.evaluate import METRIC_KEYS, format_metrics_table, run_eval
     from mindppt.utils.logging import get_logger
 
     logger = get_logger(None, 0, name="mindppt.eval")
     if args.distribute:
-        logger.warning("tools/eval.py runs on one device: ignoring distribute=true")
+        logger.info("the recipe's distribute=true is for training: tools/eval.py runs on one device")
     metrics = run_eval(args, logger)
     print(format_metrics_table([(args.model, metrics)]))
     if args.metrics_out:

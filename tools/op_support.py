@@ -15,6 +15,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 BEGIN, END = "<!-- op-support:begin -->", "<!-- op-support:end -->"
 DEFAULT_MODELS = ("ppt_deit_small_patch16_224", "deit_small_patch16_224")
@@ -52,14 +53,17 @@ def main(argv=None):
     parser.add_argument("--amp_level", default="O2", choices=("O0", "O1", "O2", "O3"),
                         help="O2 (default) holds every primitive of the fp32 graphs plus Cast")
     parser.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
-    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
+    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"),
                         help="backend to compile on (the front-end graph read here is the same)")
     args = parser.parse_args(argv)
 
-    import mindspore as ms  # noqa: E402
+    from mindppt.utils.device import DeviceUnavailableError, setup_device  # noqa: E402
 
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        setup_device(args.device_target, mode="graph")
+    except DeviceUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from mindppt.utils.op_support import describe, markdown_table, missing_platforms, support_table  # noqa: E402
 
     rows = support_table(collect(args.models, args.img_size, args.amp_level))

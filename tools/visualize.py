@@ -9,11 +9,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ToolError(Exception):
+    """Bad input: printed as one ``error:`` line, exit status 2."""
 
 
 def load_images(paths, size):
@@ -24,7 +29,7 @@ def load_images(paths, size):
             try:
                 pictures.append(Image.open(path).convert("RGB"))
             except (OSError, ValueError) as err:
-                raise SystemExit(f"error: cannot read image {path}: {err}") from None
+                raise ToolError(f"cannot read image {path}: {err}") from None
         names = [os.path.basename(p) for p in paths]
     else:
         from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
@@ -48,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=None, help="prune/pool threshold (model default if unset)")
     p.add_argument("--images", nargs="*", default=[])
     p.add_argument("--scale", type=int, default=2, help="magnification of the drawn images")
-    p.add_argument("--device_target", default="CPU")
+    p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"))
     p.add_argument("--out", default="outputs/tokens.png")
     return p.parse_args(argv)
 
@@ -57,17 +62,20 @@ def main(argv=None):
     args = parse_args(argv)
     from mindppt.models import create_model, inspect_compression
     from mindppt.utils.checkpoint import CheckpointError
-    from mindppt.utils.device import setup_device
+    from mindppt.utils.device import DeviceUnavailableError, setup_device
     from mindppt.utils.visualize import compression_figure
 
-    setup_device(args.device_target, mode="graph")
+    try:
+        setup_device(args.device_target, mode="graph")
+    except DeviceUnavailableError as err:
+        raise ToolError(f"{err}") from None
     kwargs = {"trace_source": True}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     try:
         model = create_model(args.model, num_classes=args.num_classes, checkpoint_path=args.ckpt_path, **kwargs)
     except (CheckpointError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ToolError(f"{err}") from None
     size = model.patch_embed.img_size
     images, names = load_images(args.images, size)
     if model.patch_embed.in_channels == 1:
@@ -75,7 +83,7 @@ def main(argv=None):
     x = (images / 255.0 - np.array(MEAN)) / np.array(STD)
     _, infos = inspect_compression(model, x.transpose(0, 3, 1, 2).astype(np.float32))
     if not infos:
-        raise SystemExit(f"error: model {args.model} compresses no tokens (r_tokens=0?): nothing to draw")
+        raise ToolError(f"model {args.model} compresses no tokens (r_tokens=0?): nothing to draw")
     sheet = compression_figure(images, infos, model.patch_embed.grid, scale=args.scale, titles=names)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     sheet.save(args.out)
@@ -87,4 +95,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ToolError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -5,6 +5,9 @@ Exit statuses: 0 success; 2 a user error (config, data, checkpoint); 1 training 
 loss, or a checkpoint could not be written, e.g. disk full: the message names the intact previous one);
 128 + signal number after SIGINT (130) / SIGTERM (143), once the resumable checkpoint is written.
 
+MindSpore's own start-up messages: the tools set ``GLOG_v=3`` (errors only) unless the user set
+``GLOG_v``, so warnings about backends this machine does not have do not bury the tool's output.
+
 Python warnings raised while a tool runs (skipped image files, a clamped ``r_tokens``, a dropped head...)
 are shown as one line, ``WarningClass: message``: through the ``mindppt`` run logger when it is
 configured (stdout and ``output_dir/train.log``), else as ``warning: ...`` on stderr. No source lines.
@@ -18,6 +21,7 @@ import warnings
 from mindppt.data import DatasetError
 from mindppt.utils.checkpoint import CheckpointError
 from mindppt.utils.config import ConfigError, parse_args
+from mindppt.utils.device import DeviceUnavailableError, resolve_device_target
 
 __all__ = ["CliError", "parse_cli", "run_tool", "USER_ERRORS"]
 
@@ -26,16 +30,18 @@ class CliError(ValueError):
     """A command-line usage error (already formatted by argparse)."""
 
 
-USER_ERRORS = (CliError, ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (CliError, ConfigError, DatasetError, CheckpointError, DeviceUnavailableError)
 
 
-def parse_cli(argv=None):
-    """:func:`mindppt.utils.config.parse_args`, but a usage error raises CliError with argparse's
-    message instead of printing the (long) usage text and exiting."""
+def parse_cli(argv=None, tool=None):
+    """:func:`mindppt.utils.config.parse_args` for ``tool`` ("train", "eval", "demo"), then the device check
+    (``device_target`` must be loadable by this MindSpore; ``auto`` is resolved and recorded in
+    ``args.device_target``). A usage error raises CliError with argparse's message instead of printing
+    the (long) usage text and exiting; an unavailable device raises DeviceUnavailableError."""
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stderr(buffer):
-            return parse_args(argv)
+            args = parse_args(argv, tool=tool)
     except SystemExit as e:
         text = buffer.getvalue()
         if e.code in (0, None):
@@ -44,6 +50,10 @@ def parse_cli(argv=None):
         lines = [line for line in text.splitlines() if ": error: " in line]
         message = lines[-1].split(": error: ", 1)[1] if lines else text.strip().splitlines()[-1]
         raise CliError(message) from None
+    cpu_flags = [f"--amp_level O0" if args.amp_level != "O0" else "",
+                 "--loss_scale_type none" if args.loss_scale_type != "none" and tool != "eval" else ""]
+    args.device_target = resolve_device_target(args.device_target, " ".join(f for f in cpu_flags if f))
+    return args
 
 
 def _one_line(message):

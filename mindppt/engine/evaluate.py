@@ -11,6 +11,8 @@ import time
 import numpy as np
 import mindspore as ms
 
+from mindppt.utils.logging import Progress
+
 __all__ = ["evaluate", "measure_throughput", "format_metrics_table", "METRIC_KEYS"]
 
 METRIC_KEYS = ("top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples")
@@ -38,14 +40,14 @@ def _batch_stats(logits, labels):
     return int((rank < 1).sum()), int((rank < k).sum()), float(loss)
 
 
-def evaluate(model, loader, *, batch_size, all_reduce=None):
+def evaluate(model, loader, *, batch_size, all_reduce=None, progress=None):
     """Run ``model`` (eval mode) over ``loader`` (columns image float32 NCHW, label int32).
 
     ``all_reduce``: optional function summing a float64 numpy vector over devices (data-parallel
     validation on sharded data). Returns ``{"top1", "top5" (percent), "loss", "num_samples",
     "img_per_s", "eval_time_s"}``; img/s is the forward pass alone (host-to-device copy and the
     device sync included, data loading excluded) over every batch but the first, which includes graph
-    compilation.
+    compilation. ``progress``: optional :class:`mindppt.utils.logging.Progress` updated after each batch.
     """
     model.set_train(False)
     hits1 = hits5 = 0
@@ -67,6 +69,8 @@ def evaluate(model, loader, *, batch_size, all_reduce=None):
             timed_seconds += dt
         h1, h5, loss = _batch_stats(logits, labels)
         hits1, hits5, loss_sum, count = hits1 + h1, hits5 + h5, loss_sum + loss, count + b
+        if progress is not None:
+            progress.update(i + 1, count)
     if first is not None and timed_images == 0:  # a single batch: time it once more, compiled
         t0 = time.perf_counter()
         model(first).asnumpy()
@@ -165,7 +169,9 @@ def build_eval_model(args):
     weights = load_eval_weights(model, path, use_ema=bool(args.ema), model_name=args.model)
     info = {"gmacs": model_gmacs(model),
             "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
-            "weights": weights, "ckpt_path": str(path), "token_schedule": list(model.token_schedule)}
+            "weights": weights, "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
+            "threshold": next((blk.compression.threshold for blk in model.blocks if blk.compression is not None),
+                              None)}
     return apply_amp(model, args.amp_level), info
 
 
@@ -185,10 +191,14 @@ def run_eval(args, logger=None):
     (plus ``model``, ``ckpt_path``, ``weights``)."""
     model, info = build_eval_model(args)
     loader, num_samples = eval_loader(args)
+    progress = None
     if logger is not None:
-        logger.info("evaluating %s (%s of %s) on %d images of %s/%s", args.model, info["weights"],
-                    info["ckpt_path"], num_samples, args.data_dir, args.val_split)
-    metrics = evaluate(model, loader, batch_size=args.batch_size)
+        compression = "dense" if info["threshold"] is None else f"PPT threshold {info['threshold']:g}"
+        logger.info("evaluating %s (%s, tokens after each block %s) with the %s of %s on %d images of %s/%s, "
+                    "%s mode on %s", args.model, compression, [n for _, n in info["token_schedule"]], info["weights"],
+                    info["ckpt_path"], num_samples, args.data_dir, args.val_split, args.mode, args.device_target)
+        progress = Progress(loader.get_dataset_size(), logger, label="eval batch", log_interval=args.log_interval)
+    metrics = evaluate(model, loader, batch_size=args.batch_size, progress=progress)
     metrics.update({"gmacs": info["gmacs"], "params_m": info["params_m"], "model": args.model,
                     "ckpt_path": info["ckpt_path"], "weights": info["weights"]})
     return metrics

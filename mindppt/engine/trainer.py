@@ -22,6 +22,7 @@ the same as an uninterrupted one. Without them (as in the tests) it ends with th
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 import mindspore as ms
@@ -125,23 +126,35 @@ def build_model(args, for_eval=False, with_weights=True):
     return model
 
 
-def warn_clamped_r_tokens(model, r_tokens):
-    """Warn (UserWarning) when the model removes fewer tokens than ``r_tokens`` asks: a compression
-    removes at most half of its non-class tokens, ``(N - 1) // 2``, and the model clamps to that as the
-    spec says. Returns the message, or None when nothing was clamped."""
-    import warnings  # pylint: disable=import-outside-toplevel
-
+def r_clamps(model):
+    """``[(block, asked, removed, tokens_in)]`` for each block that removes fewer tokens than asked: a
+    compression removes at most half of its non-class tokens, ``(N - 1) // 2`` (PPT's and ToMe's rule)."""
     asked, schedule = getattr(model, "r_per_block", None), getattr(model, "token_schedule", None)
     if not asked or not schedule:
-        return None
-    clamped = [f"{n_in - n_out} at block {i} ({n_in} tokens in)"
-               for i, (r, (n_in, n_out)) in enumerate(zip(asked, schedule)) if n_in - n_out < r]
-    if not clamped:
+        return []
+    return [(i, r, n_in - n_out, n_in) for i, (r, (n_in, n_out)) in enumerate(zip(asked, schedule))
+            if n_in - n_out < r]
+
+
+def describe_r_clamps(clamps):
+    """``r clamped to 48 at block 9 (97 tokens in)`` or an empty string."""
+    if not clamps:
+        return ""
+    return "r clamped to " + ", ".join(f"{removed} at block {i} ({n_in} tokens in)" for i, _, removed, n_in in clamps)
+
+
+def warn_clamped_r_tokens(model, r_tokens):
+    """Warn (UserWarning) when a block was asked to remove at least as many tokens as it has non-class
+    tokens: that is a setting PPT cannot mean, not its halving rule (e.g. r=50 at blocks 3/6/9 of DeiT
+    becomes 48 at block 9, as in the paper, and is only reported with the token schedule). Returns the
+    message, or None."""
+    clamps = r_clamps(model)
+    if not any(asked >= n_in - 1 for _, asked, _, n_in in clamps):
         return None
     shown = "(the model's default)" if r_tokens is None else r_tokens
     message = (f"r_tokens={shown} is more than PPT can remove (at most half of the non-class tokens of a "
-               f"block, (N - 1) // 2): clamped to {', '.join(clamped)}; tokens after each block: "
-               f"{[n_out for _, n_out in schedule]}")
+               f"block, (N - 1) // 2): {describe_r_clamps(clamps).replace('r clamped', 'clamped')}; "
+               f"tokens after each block: {[n_out for _, n_out in model.token_schedule]}")
     warnings.warn(message, UserWarning, stacklevel=2)
     return message
 
@@ -219,6 +232,7 @@ def train(args):
     model = build_model(args)
     eval_model = build_model(args, for_eval=True, with_weights=False)
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
+    clamps = describe_r_clamps(r_clamps(model))
     params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
     model, eval_model = apply_amp(model, args.amp_level), apply_amp(eval_model, args.amp_level)
 
@@ -266,8 +280,8 @@ def train(args):
     if is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         save_config(args, os.path.join(args.output_dir, "config.yaml"))
-    logger.info("model %s: %.3fM parameters, %.4f GMACs (tokens after each block %s)", args.model, params_m,
-                gmacs, token_schedule)
+    logger.info("model %s: %.3fM parameters, %.4f GMACs (tokens after each block %s%s)", args.model, params_m,
+                gmacs, token_schedule, f"; {clamps}, at most half the non-class tokens" if clamps else "")
     logger.info("data %s: %d train images (%d steps of %d x %d devices per epoch), %d val images", args.data_dir,
                 n_train, steps_per_epoch, args.batch_size, group_size, n_val)
     logger.info("%s lr %.3e (warmup %.1f epochs from %.1e, %s to %.1e), weight decay %g, %d epochs, amp %s, "

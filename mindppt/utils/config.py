@@ -30,7 +30,8 @@ import tempfile
 import yaml
 
 __all__ = ["ConfigError", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
-           "default_config", "resolve_lr", "model_kwargs", "str2bool"]
+           "default_config", "resolve_lr", "model_kwargs", "str2bool", "given_options",
+           "ineffective_options"]
 
 
 class ConfigError(ValueError):
@@ -231,7 +232,8 @@ def build_parser():
                         help="YAML recipe (flat mapping of option: value) used as defaults")
 
     g = parser.add_argument_group("system")
-    _add(g, "device_target", _choice("CPU", "GPU", "Ascend"), "CPU", "backend device")
+    _add(g, "device_target", _choice("CPU", "GPU", "Ascend", "auto"), "CPU",
+         "backend device; auto = Ascend, else GPU, else CPU (whichever this MindSpore can load)")
     _add(g, "device_id", _int(lo=0), 0, "device index (single-device runs)")
     _add(g, "mode", _choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
          "execution mode (0/1 are accepted as MindSpore's GRAPH_MODE/PYNATIVE_MODE)")
@@ -328,7 +330,8 @@ def build_parser():
     _add(g, "ckpt_path", _optional(_str), None, "checkpoint to evaluate")
     _add(g, "resume", _optional(_str), None, "training checkpoint to resume from (weights, optimizer, epoch)")
     _add(g, "save_every", _int(lo=1), 1, "save a checkpoint every N epochs")
-    _add(g, "log_interval", _int(lo=1), 50, "log every N steps")
+    _add(g, "log_interval", _int(lo=1), 50, "log every N training steps / evaluation batches (when not on a "
+         "terminal, where evaluation shows one live line)")
     _add(g, "val_interval", _int(lo=1), 1, "validate every N epochs")
     _add(g, "keep_checkpoints", _int(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
 
@@ -439,9 +442,96 @@ def _check_namespace(args):
     return None
 
 
-def parse_args(argv=None):
+# Options one tool reads and the other does not. A value given for them on the command line of the
+# other tool would do nothing, so it is refused (a YAML recipe is shared by both and may set them).
+TRAIN_ONLY = frozenset((
+    "distribute", "seed", "output_dir", "threshold", "drop_rate", "drop_path_rate", "ema_decay", "train_split",
+    "scale", "ratio", "hflip", "auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mixup_prob",
+    "mixup_switch_prob", "label_smoothing", "repeated_aug", "opt", "lr", "lr_per_512", "weight_decay",
+    "filter_bias_and_bn", "momentum", "betas", "eps", "scheduler", "epoch_size", "warmup_epochs", "min_lr",
+    "warmup_lr", "loss_scale_type", "loss_scale", "clip_grad", "resume", "save_every", "val_interval",
+    "keep_checkpoints"))
+EVAL_ONLY = frozenset(("ckpt_path", "metrics_out"))
+# tools/demo.py trains a dense and a PPT model into its own folders and evaluates their final weights.
+DEMO_FIXED = frozenset(("model", "r_tokens", "output_dir", "ckpt_path", "metrics_out", "resume", "distribute",
+                        "checkpoint_path"))
+TOOL_HINTS = {
+    ("eval", "threshold"): "use --eval_threshold",
+    ("train", "ckpt_path"): "to start from weights use --checkpoint_path, to continue a run --resume",
+    ("train", "metrics_out"): "training writes its metrics to output_dir/train.log",
+}
+
+
+def given_options(argv, parser=None):
+    """Option names (dests) set on the command line ``argv`` (``--key value`` or ``--key=value``)."""
+    parser = parser or build_parser()
+    by_flag = {flag: a.dest for a in parser._actions for flag in a.option_strings}  # pylint: disable=protected-access
+    given = []
+    for token in argv:
+        if token == "--":
+            break
+        dest = by_flag.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        if dest and dest not in ("help", "config") and dest not in given:
+            given.append(dest)
+    return given
+
+
+def ineffective_options(args, given, tool=None):
+    """``{option: why it would do nothing}`` for each option in ``given`` (set on the command line) that
+    ``tool`` ("train", "eval", "demo" or None for no tool check) does not read, or that another setting
+    shadows. Call before the 'same as' defaults are resolved (eval_threshold, img_size)."""
+    out = {}
+    for key in given:
+        harmless = (key == "threshold" and args.eval_threshold is None) or (key == "distribute" and not args.distribute)
+        if tool == "eval" and key in TRAIN_ONLY and not harmless:
+            hint = TOOL_HINTS.get((tool, key), "remove it")
+            out[key] = f"is a training option that tools/eval.py does not use; {hint}"
+        elif tool == "demo" and key in DEMO_FIXED:
+            out[key] = "is set by the demo itself (a dense and a PPT digits ViT, trained from scratch into " \
+                       "outputs/demo); run tools/train.py or tools/eval.py to choose it"
+        elif tool == "train" and key in EVAL_ONLY:
+            hint = TOOL_HINTS.get((tool, key), "")
+            out[key] = f"is an option of tools/eval.py that training does not use; {hint}"
+    shadows = (
+        ("lr_per_512", args.lr is not None, f"lr is set ({args.lr}), which wins; pass --lr none to scale "
+                                           "lr_per_512"),
+        ("color_jitter", args.color_jitter is not None and args.auto_augment is not None,
+         f"auto_augment is set ({args.auto_augment}) and, as in timm, color jitter is then not applied; "
+         "pass --auto_augment none"),
+        ("loss_scale", args.loss_scale_type == "none", "loss_scale_type is none; pass --loss_scale_type "
+                                                      "fixed or dynamic"),
+        ("ema_decay", not args.ema, "ema is off; pass --ema true"),
+        ("momentum", args.opt == "adamw", "opt is adamw; momentum applies to --opt sgd or momentum"),
+        ("betas", args.opt != "adamw", f"opt is {args.opt}; betas apply to --opt adamw"),
+        ("eps", args.opt != "adamw", f"opt is {args.opt}; eps applies to --opt adamw"),
+        ("mixup_prob", args.mixup <= 0 and args.cutmix <= 0, "mixup and cutmix are both 0"),
+        ("mixup_switch_prob", args.mixup <= 0 or args.cutmix <= 0, "it chooses between mixup and cutmix, "
+                                                                 "which needs both above 0"),
+        ("warmup_lr", args.warmup_epochs <= 0, "warmup_epochs is 0"),
+        ("min_lr", args.scheduler == "constant", "scheduler is constant; min_lr is the end of --scheduler "
+                                                 "cosine"),
+        ("jit_level", args.mode == "pynative", "mode is pynative; jit_level applies to --mode graph"),
+        ("device_id", args.distribute and tool != "eval", "distribute is on: each process uses its rank's "
+                                                          "device"),
+        ("checkpoint_path", tool == "eval" and args.ckpt_path is not None,
+         f"tools/eval.py loads ckpt_path ({args.ckpt_path}); pass the weights with --ckpt_path"),
+    )
+    dense = args.r_tokens is not None and not any(
+        args.r_tokens if isinstance(args.r_tokens, list) else [args.r_tokens])
+    for key in ("threshold", "eval_threshold", "pp_loc_list", "prop_attn"):
+        if dense:
+            shadows += ((key, True, "r_tokens is 0, so no block compresses tokens"),)
+    for key, shadowed, why in shadows:
+        if shadowed and key in given and key not in out:
+            out[key] = f"has no effect: {why}"
+    return out
+
+
+def parse_args(argv=None, tool=None):
     """Parse ``argv`` (default sys.argv[1:]): defaults < YAML of -c/--config < command line.
-    User errors exit with status 2 and a message. Returns an argparse.Namespace."""
+    With ``tool`` ("train", "eval" or "demo"), a command-line option that tool would not use, or that another
+    setting shadows, is an error. User errors exit with status 2 and a message. Returns an
+    argparse.Namespace."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)
@@ -465,6 +555,9 @@ def parse_args(argv=None):
             else:
                 parts.append(tok)
         parser.error("unrecognized arguments: " + " ".join(parts))
+    ineffective = ineffective_options(args, given_options(argv, parser), tool)
+    if ineffective:
+        parser.error("; ".join(f"--{key} {why}" for key, why in ineffective.items()))
     msg = _check_namespace(args)
     if msg:
         parser.error(msg)

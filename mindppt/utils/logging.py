@@ -11,8 +11,9 @@ import logging
 import math
 import os
 import sys
+import time
 
-__all__ = ["get_logger", "format_eta"]
+__all__ = ["get_logger", "format_eta", "Progress"]
 
 _FORMAT = "[%(asctime)s] %(levelname)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -73,3 +74,47 @@ def format_eta(seconds):
     minutes, secs = divmod(rest, 60)
     clock = f"{hours:d}:{minutes:02d}:{secs:02d}"
     return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}" if days else clock
+
+
+class Progress:
+    """Progress of a loop of ``total`` steps: ``step k/total, img/s, eta``.
+
+    On a terminal (``stream`` is a TTY) one line is rewritten in place at most every ``refresh`` seconds;
+    otherwise (a log file, a pipe, CI) ``logger`` gets an INFO line every ``log_interval`` steps and at the
+    last one. The rate and the ETA count from the end of the first step, which includes graph
+    compilation."""
+
+    def __init__(self, total, logger, *, label="batch", log_interval=50, stream=None, refresh=0.5, clock=None):
+        self.total, self.logger, self.label = int(total), logger, label
+        self.log_interval = max(1, int(log_interval))
+        self.stream = sys.stderr if stream is None else stream
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.refresh = refresh
+        self.clock = clock or time.perf_counter
+        self.start = self.clock()
+        self.first_done = None  # (time, items) after the first step
+        self.last_drawn = -math.inf
+
+    def text(self, step, items):
+        now = self.clock()
+        rate = eta = None
+        if self.first_done is not None and now > self.first_done[0]:
+            rate = (items - self.first_done[1]) / (now - self.first_done[0])
+            per_step = (now - self.first_done[0]) / max(1, step - 1)
+            eta = per_step * (self.total - step)
+        rate_text = f"{rate:.1f}" if rate is not None else "?"
+        return f"{self.label} {step}/{self.total} img/s {rate_text} eta {format_eta(eta)}"
+
+    def update(self, step, items):
+        """``step`` (1-based) steps and ``items`` images are done."""
+        if self.first_done is None:
+            self.first_done = (self.clock(), items)
+        last = step >= self.total
+        if self.live:
+            now = self.clock()
+            if last or now - self.last_drawn >= self.refresh:
+                self.last_drawn = now
+                self.stream.write("\r" + self.text(step, items).ljust(60) + ("\n" if last else ""))
+                self.stream.flush()
+        elif self.logger is not None and (last or step % self.log_interval == 0):
+            self.logger.info(self.text(step, items))

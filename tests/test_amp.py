@@ -26,7 +26,7 @@ from mindspore import nn
 
 from mindppt.models import create_model, inspect_compression, TokenCompression
 from mindppt.models.vit import Attention, Block, LayerNorm
-from mindppt.utils.amp import apply_amp, precision_map
+from mindppt.models.amp import apply_amp, precision_map
 from ppt_reference import deit_config, random_deit_params
 from model_helpers import random_images
 

@@ -16,16 +16,10 @@ import pytest
 
 import mindspore as ms
 
+from mindppt.errors import CheckpointError
+from mindppt.formats import jax_vit_to_timm, read_state_dict
 from mindppt.models import create_model
-from mindppt.utils.checkpoint import (
-    CheckpointError,
-    convert_state_dict,
-    jax_vit_to_timm,
-    load_model_weights,
-    read_state_dict,
-    save_checkpoint_atomic,
-    save_param_dict_as_ckpt,
-)
+from mindppt.models.weights import convert_state_dict, load_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = os.path.join(REPO, "tools", "convert_weights.py")
@@ -352,7 +346,7 @@ def test_small_checkpoint_into_tiny_model(tmp_path, tiny_model):
     path = tmp_path / "deit_small.pth"
     _torch_save({"model": _to_torch(small)}, path)
     with pytest.raises(CheckpointError) as err:
-        load_model_weights(tiny_model, path, model_name=TINY)
+        load_weights(tiny_model, path, model_name=TINY)
     msg = str(err.value)
     assert "deit_small.pth" in msg and TINY in msg
     assert "shape mismatch" in msg
@@ -514,66 +508,6 @@ def test_converted_ppt_model_matches_reference(converted, tiny_state):
     assert np.all(np.abs(variances / 7e-5 - 1) > 0.01)
     rel = np.abs(logits - ref).max() / np.abs(ref).max()
     assert rel < 1e-4, rel
-
-
-# ---------------------------------------------------------------------------------------------------
-# atomic saving
-# ---------------------------------------------------------------------------------------------------
-
-def _params(value):
-    return {"w": np.full((4, 3), value, np.float32), "b": np.arange(3, dtype=np.float32) + value}
-
-
-def test_save_atomic_roundtrip_and_overwrite(tmp_path):
-    path = tmp_path / "model.ckpt"
-    save_param_dict_as_ckpt(_params(1.0), path)
-    save_param_dict_as_ckpt(_params(2.0), path)          # overwrite (MindSpore leaves files read-only)
-    got = read_state_dict(path)
-    for k, v in _params(2.0).items():
-        np.testing.assert_array_equal(got[k], v)
-    save_checkpoint_atomic([{"name": "w", "data": ms.Tensor(np.ones(2, np.float32))}], path,
-                           append_dict={"epoch": 5})
-    loaded = ms.load_checkpoint(str(path))
-    assert int(loaded["epoch"].asnumpy()) == 5
-    assert sorted(os.listdir(tmp_path)) == ["model.ckpt"]
-
-
-def test_failed_save_keeps_existing_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "best.ckpt"
-    save_param_dict_as_ckpt(_params(1.0), path)
-    before = path.read_bytes()
-
-    def disk_full(save_obj, ckpt_file_name, *args, **kwargs):
-        with open(ckpt_file_name, "wb") as f:
-            f.write(b"\x0a\x05partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(ms, "save_checkpoint", disk_full)
-    with pytest.raises(OSError) as err:
-        save_param_dict_as_ckpt(_params(2.0), path)
-    assert err.value.errno == errno.ENOSPC
-    assert str(path) in str(err.value)
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["best.ckpt"]
-    monkeypatch.undo()
-    np.testing.assert_array_equal(read_state_dict(path)["w"], _params(1.0)["w"])
-
-
-def test_interrupted_save_keeps_existing_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "last.ckpt"
-    save_param_dict_as_ckpt(_params(1.0), path)
-    before = path.read_bytes()
-
-    def interrupted(save_obj, ckpt_file_name, *args, **kwargs):
-        with open(ckpt_file_name, "wb") as f:
-            f.write(b"\x0a")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ms, "save_checkpoint", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_param_dict_as_ckpt(_params(2.0), path)
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
 
 
 def test_warnings_module_is_clean_on_exact_match(tiny_state, tiny_model):

@@ -1,12 +1,15 @@
-"""mindppt.utils.config: YAML recipes as argparse defaults, CLI overrides, and clear user errors."""
+"""mindppt.config: YAML recipes as argparse defaults, CLI overrides, and clear user errors."""
 import argparse
 import glob
 import os
 
 import pytest
 
-from mindppt.utils.config import (ConfigError, build_parser, default_config, given_options, load_config,
-                                  model_kwargs, parse_args, resolve_lr, save_config, str2bool, validate_config)
+from mindppt.config import (build_parser, default_config, given_options, load_config, parse_args, save_config,
+                            str2bool, validate_config)
+from mindppt.engine.build import model_kwargs
+from mindppt.engine.schedule import resolve_lr
+from mindppt.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import mindspore.dataset as ds
-from mindppt.data import (DatasetError, DatasetWarning, Mixup, RepeatAugSampler, create_dataset, create_loader,
+from mindppt.errors import DatasetError, DatasetWarning
+from mindppt.data import (Mixup, RepeatAugSampler, create_dataset, create_loader,
                           create_transforms, parse_rand_augment, scan_image_folder, smooth_one_hot,
                           write_digits_imagefolder)
 from mindppt.data.dataset import _ImageSource

@@ -1,8 +1,8 @@
 """Device checks: a requested backend must be loadable; ``auto`` picks Ascend, else GPU, else CPU."""
 import pytest
 
-from mindppt.utils import device
-from mindppt.utils.device import DeviceUnavailableError, resolve_device_target
+from mindppt import device
+from mindppt.device import DeviceUnavailableError, resolve_device_target
 
 
 def test_cpu_is_always_available_and_auto_resolves_to_an_available_backend():

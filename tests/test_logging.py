@@ -2,7 +2,7 @@
 import io
 import logging
 
-from mindppt.utils.logging import Progress, format_eta
+from mindppt.logger import Progress, format_eta
 
 
 class _Clock:

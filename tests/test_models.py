@@ -7,7 +7,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mindppt.models import create_model, list_models, inspect_compression
-from mindppt.utils.flops import model_gmacs
+from mindppt.models.flops import model_gmacs
 from model_helpers import sharpen_attention, random_images
 
 

@@ -17,8 +17,8 @@ from mindspore import nn, ops
 
 from mindppt.models import fused_cpu
 from mindppt.models.vit import GELU
-from mindppt.utils import op_support
-from mindppt.utils.op_support import (build_graph_cells, collect_primitives, describe, load_extra,
+from mindppt.checks import op_support
+from mindppt.checks.op_support import (build_graph_cells, collect_primitives, describe, load_extra,
                                       markdown_table, missing_platforms, platforms_in, resolve,
                                       support_table, docstring_platforms)
 

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
 from mindppt.engine.optim import create_optimizer, param_groups
-from mindppt.engine.schedule import create_lr_schedule, scale_lr
+from mindppt.engine.schedule import create_lr_schedule
 
 
 @pytest.fixture(autouse=True)
@@ -121,13 +121,6 @@ def test_fractional_warmup_and_errors():
     with pytest.raises(ValueError, match="scheduler"):
         create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_lr=0.0, warmup_epochs=0, epochs=2, steps_per_epoch=1,
                            scheduler="step")
-
-
-def test_scale_lr():
-    assert scale_lr(1e-5, 1024) == pytest.approx(2e-5)
-    assert scale_lr(5e-4, 512) == pytest.approx(5e-4)
-    with pytest.raises(ValueError):
-        scale_lr(1e-5, 0)
 
 
 # ---------------------------------------------------------------------------- optimizer steps

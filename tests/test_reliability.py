@@ -894,7 +894,7 @@ def _mindspore_warnings(text):
 def test_unavailable_device_is_one_line_naming_target_available_and_flags(jobs):
     """The paper's recipes default to Ascend; on a machine without it every tool stops before any other
     work with one line, and MindSpore's start-up warnings about the missing backends are not shown."""
-    from mindppt.utils.device import is_available
+    from mindppt.device import is_available
 
     if is_available("Ascend"):
         pytest.fail("this test expects a machine without Ascend (it checks the error a CPU machine gives)")

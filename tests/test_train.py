@@ -63,7 +63,7 @@ def run_tool(script, *argv, timeout=300):
 
 
 def parse(argv):
-    from mindppt.utils.config import parse_args
+    from mindppt.config import parse_args
     return parse_args(argv)
 
 
@@ -159,7 +159,7 @@ def test_sigint_writes_resumable_checkpoint_mid_epoch(straight_run, config_path,
 
 def test_eval_tool_writes_metrics_json(straight_run, config_path, tmp_path):
     from mindppt.models import create_model
-    from mindppt.utils.flops import model_gmacs
+    from mindppt.models.flops import model_gmacs
 
     out, summary = straight_run
     metrics_path = str(tmp_path / "metrics.json")

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from mindppt.utils.visualize import token_map, draw_tokens
+from mindppt.visualize import token_map, draw_tokens
 
 
 def test_token_map_marks_pooled_groups_and_pruned_patches():

@@ -58,7 +58,7 @@ class Runner:
         import mindspore as ms
         from mindspore import nn
         from mindppt.models import create_model
-        from mindppt.utils.flops import model_gmacs
+        from mindppt.models.flops import model_gmacs
 
         self.name, self.batch_size, self.train = name, batch_size, train
         self.model = create_model(name, num_classes=num_classes, img_size=image_size)
@@ -128,7 +128,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import mindspore as ms
-    from mindppt.utils.device import DeviceUnavailableError, setup_device
+    from mindppt.device import DeviceUnavailableError, setup_device
 
     try:
         device = setup_device(args.device_target, mode="graph", jit_level=args.jit_level or None)

@@ -16,9 +16,11 @@ import warnings
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mindppt.utils.checkpoint import CheckpointError, read_state_dict  # noqa: E402
+from mindppt.errors import CheckpointError  # noqa: E402
+from mindppt.formats import read_state_dict  # noqa: E402
+from mindppt.io import save_checkpoint_atomic  # noqa: E402
+from mindppt.models import create_model, is_model  # noqa: E402
+from mindppt.models.weights import load_state_dict_into_model  # noqa: E402
 
 _DEIT_BY_DIM = {192: "deit_tiny_patch16_224", 384: "deit_small_patch16_224", 768: "deit_base_patch16_224"}
 
@@ -59,10 +61,6 @@ def convert(args):
     if not os.path.isfile(args.src):
         raise UserError(f"input checkpoint {args.src} does not exist")
     state = read_state_dict(args.src)
-    # MindSpore is imported only once the input has been read (bad input fails fast)
-    from mindppt.models import create_model, is_model  # pylint: disable=import-outside-toplevel
-    from mindppt.utils.checkpoint import (  # pylint: disable=import-outside-toplevel
-        load_state_dict_into_model, save_checkpoint_atomic)
 
     if args.model:
         if not is_model(args.model):

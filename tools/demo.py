@@ -21,11 +21,17 @@ import time
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np  # noqa: E402
 
+from mindppt.data import write_digits_imagefolder  # noqa: E402
+from mindppt.engine.build import create_eval_loader  # noqa: E402
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+from mindppt.engine.evaluate import measure_throughput, run_eval  # noqa: E402
+from mindppt.engine.trainer import train  # noqa: E402
+from mindppt.io import atomic_write  # noqa: E402
+from mindppt.models import inspect_compression  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "demo_digits.yaml")
 OUT = os.path.join(ROOT, "outputs", "demo")
 DENSE_MODEL = "vit_digits_patch4_16"
@@ -34,8 +40,6 @@ TARGET_TOP1, TARGET_GAP, TARGET_GMACS_RATIO, TARGET_MINUTES = 85.0, 1.5, 0.7, 10
 
 def policy_counts(model, loader, block_names):
     """Per compression block: how many validation images were pooled and how many pruned."""
-    from mindppt.models import inspect_compression
-
     pooled = {b: 0 for b in block_names}
     total = 0
     for images, _ in loader.create_tuple_iterator(num_epochs=1, output_numpy=True):
@@ -48,9 +52,6 @@ def policy_counts(model, loader, block_names):
 
 def paired_throughput(models, *, batch_size, image_size, rounds=3, repeats=8):
     """Median forward img/s of each model, measured alternately (round robin) after a warm-up."""
-    import numpy as np
-    from mindppt.engine.evaluate import measure_throughput
-
     samples = {name: [] for name in models}
     for name, model in models.items():
         measure_throughput(model, batch_size=batch_size, image_size=image_size, repeats=1, warmup=2)
@@ -70,10 +71,6 @@ def main(argv=None):
     dense_args = argparse.Namespace(**vars(ppt_args))
     dense_args.output_dir, dense_args.model, dense_args.r_tokens = os.path.join(OUT, "dense"), DENSE_MODEL, 0
 
-    from mindppt.data import write_digits_imagefolder
-    from mindppt.engine.evaluate import build_eval_model, eval_loader, evaluate
-    from mindppt.engine.trainer import train
-
     counts = write_digits_imagefolder(ppt_args.data_dir)
     print(f"digits ImageFolder in {ppt_args.data_dir}: {counts['train']} train / {counts['val']} val images")
 
@@ -90,18 +87,13 @@ def main(argv=None):
     for name, run in runs.items():
         args = run["args"]
         args.ckpt_path = run["summary"]["last_ckpt"]  # the final weights (no selection on the val set)
-        model, info = build_eval_model(args)
-        loader, _ = eval_loader(args)
-        metrics = evaluate(model, loader, batch_size=args.batch_size)
-        metrics.update({"gmacs": info["gmacs"], "params_m": info["params_m"], "model": args.model,
-                        "ckpt_path": os.path.relpath(info["ckpt_path"], ROOT),
-                        "tokens_per_block": [n_out for _, n_out in info["token_schedule"]],
+        metrics, model = run_eval(args)
+        metrics.update({"ckpt_path": os.path.relpath(metrics["ckpt_path"], ROOT),
                         "train_time_s": round(run["train_s"], 1), "epochs": args.epoch_size,
                         "best_val_top1_during_training": run["summary"]["best_top1"]})
         if name == "ppt":
-            blocks = [i for i, (n_in, n_out) in enumerate(info["token_schedule"]) if n_out < n_in]
-            metrics["policy"] = policy_counts(model, loader, blocks)
-            metrics["threshold"] = args.eval_threshold if args.eval_threshold is not None else args.threshold
+            loader, _ = create_eval_loader(args)
+            metrics["policy"] = policy_counts(model, loader, model.compression_blocks)
         results[name], models[name] = metrics, model
 
     batch = runs["ppt"]["args"].batch_size
@@ -138,12 +130,7 @@ def main(argv=None):
                "comparison": {"gmacs_ratio": ratio, "top1_gap": gap,
                               "speedup": ppt["img_per_s"] / dense["img_per_s"],
                               "targets_met": all(ok for _, ok, _ in checks), "demo_time_s": round(elapsed, 1)}}
-    path = os.path.join(OUT, "summary.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    path = atomic_write(os.path.join(OUT, "summary.json"), json.dumps(summary, indent=2) + "\n")
     print(f"summary written to {os.path.relpath(path, ROOT)}; demo took {elapsed / 60:.1f} min")
     return 0
 

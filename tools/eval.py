@@ -9,31 +9,23 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+from mindppt.engine.evaluate import METRIC_KEYS, format_metrics_table, run_eval  # noqa: E402
+from mindppt.io import atomic_write  # noqa: E402
+from mindppt.logger import get_logger  # noqa: E402
 
 
 def main(argv=None):
     args = parse_cli(argv, tool="eval")
-    from mindppt.engine.evaluate import METRIC_KEYS, format_metrics_table, run_eval
-    from mindppt.utils.logging import get_logger
-
     logger = get_logger(None, 0, name="mindppt.eval")
     if args.distribute:
         logger.info("the recipe's distribute=true is for training: tools/eval.py runs on one device")
-    metrics = run_eval(args, logger)
+    metrics, _ = run_eval(args, logger)
     print(format_metrics_table([(args.model, metrics)]))
     if args.metrics_out:
-        out = {k: metrics[k] for k in METRIC_KEYS}
-        directory = os.path.dirname(os.path.abspath(args.metrics_out))
-        os.makedirs(directory, exist_ok=True)
-        tmp = args.metrics_out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.metrics_out)
+        atomic_write(args.metrics_out, json.dumps({k: metrics[k] for k in METRIC_KEYS}, indent=2) + "\n")
         print(f"metrics written to {args.metrics_out}")
     return 0
 

@@ -22,7 +22,7 @@ DEFAULT_MODELS = ("ppt_deit_small_patch16_224", "deit_small_patch16_224")
 
 
 def collect(models, img_size, amp_level):
-    from mindppt.utils.op_support import build_graph_cells, collect_primitives  # noqa: E402
+    from mindppt.checks.op_support import build_graph_cells, collect_primitives  # noqa: E402
 
     union = {}
     for model in models:
@@ -57,14 +57,14 @@ def main(argv=None):
                         help="backend to compile on (the front-end graph read here is the same)")
     args = parser.parse_args(argv)
 
-    from mindppt.utils.device import DeviceUnavailableError, setup_device  # noqa: E402
+    from mindppt.device import DeviceUnavailableError, setup_device  # noqa: E402
 
     try:
         setup_device(args.device_target, mode="graph")
     except DeviceUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from mindppt.utils.op_support import describe, markdown_table, missing_platforms, support_table  # noqa: E402
+    from mindppt.checks.op_support import describe, markdown_table, missing_platforms, support_table  # noqa: E402
 
     rows = support_table(collect(args.models, args.img_size, args.amp_level))
     table = markdown_table(rows)

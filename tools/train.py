@@ -6,17 +6,14 @@ Resume: ``--resume OUTPUT_DIR/last.ckpt``. See mindppt/engine/trainer.py and min
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+from mindppt.engine.trainer import train  # noqa: E402
 
 
 def main(argv=None):
-    args = parse_cli(argv, tool="train")
-    from mindppt.engine.trainer import train  # noqa: E402  (imports MindSpore: after parsing)
-
-    train(args)
+    train(parse_cli(argv, tool="train"))
     return 0
 
 

@@ -8,11 +8,16 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
+
+from mindppt.device import setup_device  # noqa: E402
+from mindppt.errors import CheckpointError, DeviceUnavailableError  # noqa: E402
+from mindppt.models import create_model, inspect_compression  # noqa: E402
+from mindppt.visualize import compression_figure  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -32,7 +37,6 @@ def load_images(paths, size):
                 raise ToolError(f"cannot read image {path}: {err}") from None
         names = [os.path.basename(p) for p in paths]
     else:
-        from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
         pictures = [Image.fromarray(a) for a in load_sample_images().images]
         names = ["china.jpg", "flower.jpg"]
     out = []
@@ -60,11 +64,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mindppt.models import create_model, inspect_compression
-    from mindppt.utils.checkpoint import CheckpointError
-    from mindppt.utils.device import DeviceUnavailableError, setup_device
-    from mindppt.utils.visualize import compression_figure
-
     try:
         setup_device(args.device_target, mode="graph")
     except DeviceUnavailableError as err:

@@ -33,19 +33,12 @@ from PIL import Image, UnidentifiedImageError
 
 import mindspore.dataset as ds
 
+from mindppt.errors import DatasetError, DatasetWarning
 from .mixup import Mixup
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transforms
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _MAX_EXAMPLES = 5
-
-
-class DatasetError(ValueError):
-    """The dataset directory is missing or unusable."""
-
-
-class DatasetWarning(UserWarning):
-    """Files were skipped or replaced because they could not be read."""
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Dict
 import numpy as np
 from PIL import Image
 
-from .dataset import DatasetError
+from mindppt.errors import DatasetError
+from mindppt.io import atomic_write
 
 MARKER = ".digits_complete.json"
 _SPLITS = ("train", "val")
@@ -43,10 +44,7 @@ def _read_marker(out_dir: str):
 
 
 def _write_marker(out_dir: str, content: dict) -> None:
-    tmp_path = os.path.join(out_dir, MARKER + ".tmp")
-    with open(tmp_path, "w") as f:
-        json.dump(content, f, indent=1, sort_keys=True)
-    os.replace(tmp_path, os.path.join(out_dir, MARKER))
+    atomic_write(os.path.join(out_dir, MARKER), json.dumps(content, indent=1, sort_keys=True))
 
 
 def write_digits_imagefolder(out_dir: str, *, image_size: int = 32, val_fraction: float = 0.25,

@@ -1,7 +1,8 @@
 """``mindspore.train.Callback``s of the trainer: progress and faults per step, validation and
-checkpoints per epoch. They share one :class:`RunState` (the counters that go into checkpoints).
+checkpoints per epoch. They share one :class:`~.checkpointing.RunState` (the counters that go into
+checkpoints) and write through one :class:`~.checkpointing.Checkpointer`.
 
-Faults handled here (see ``issues show 5``):
+Faults handled here:
 
 * a non-finite loss stops training after that step: nothing is saved (the weights are already
   poisoned) and the error names the step and the last good checkpoint;
@@ -10,17 +11,10 @@ Faults handled here (see ``issues show 5``):
   at once (KeyboardInterrupt). MindSpore reports a Ctrl-C that lands inside a graph step as SIGTERM
   (see :func:`signal_name`), so both are handled the same way.
 
-* a checkpoint that cannot be written (disk full, permissions): checkpoints are written to a hidden
-  temporary name and renamed (:func:`mindppt.utils.checkpoint.save_checkpoint_atomic`), so the previous
-  ``last.ckpt`` is still intact; training stops with :class:`CheckpointSaveError` naming it;
-* a process killed while saving (kill -9, power loss) leaves only such a hidden temporary file
-  (``.last.ckpt.*.partial.ckpt``) next to complete checkpoints; the next run in that directory removes it.
-
 With several devices the loss and the signal flag are summed over all ranks after every step
 (``all_reduce``), so every rank sees the same (mean) loss and stops at the same step.
 """
 import math
-import os
 import signal
 import threading
 import time
@@ -28,10 +22,10 @@ import time
 import numpy as np
 from mindspore.train import Callback
 
-from mindppt.utils.logging import format_eta
-from .train_state import link_or_copy, save_train_state
+from mindppt.logger import format_eta
+from .checkpointing import StopRequest
 
-__all__ = ["RunState", "StopRequest", "Checkpointer", "CheckpointSaveError", "TrainMonitor", "EpochEnd"]
+__all__ = ["TrainMonitor", "EpochEnd"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -41,143 +35,6 @@ def signal_name(signum):
     while a graph runs (most of a training step) into SIGTERM (``SignalGuard`` in its C++ runtime), so
     a Ctrl-C usually reaches Python as SIGTERM."""
     return "SIGINT" if signum == signal.SIGINT else "SIGTERM/Ctrl-C"
-
-
-class StopRequest:
-    """Why training stopped early: ``kind`` is "nonfinite" or "signal"."""
-
-    def __init__(self, kind, message, signum=None, checkpoint=None):
-        self.kind, self.message, self.signum, self.checkpoint = kind, message, signum, checkpoint
-
-
-class RunState:
-    """Progress counters shared by the callbacks, the checkpoints and the trainer."""
-
-    def __init__(self, *, epoch_size, steps_per_epoch, images_per_step, lr_values):
-        self.epoch_size = int(epoch_size)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.images_per_step = int(images_per_step)
-        self.lr_values = np.asarray(lr_values, dtype=np.float64)
-        self.epoch = 0  # completed epochs
-        self.step_in_epoch = 0  # steps done in the current epoch
-        self.global_step = 0
-        self.best_top1 = -1.0
-        self.best_epoch = -1
-        self.last_good = None  # (path, description) of the newest resumable checkpoint
-        self.pending_signal = None
-        self.stop = None
-        self.history = []  # one dict per finished epoch
-        self.last_val = None
-
-    @property
-    def total_steps(self):
-        return self.epoch_size * self.steps_per_epoch
-
-    def lr_at(self, step):
-        """The scheduled learning rate of (0-based) ``step`` (before Adam's bias correction)."""
-        return float(self.lr_values[min(max(step, 0), len(self.lr_values) - 1)])
-
-    def meta(self):
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "steps_per_epoch": self.steps_per_epoch, "epoch_size": self.epoch_size,
-                "best_top1": self.best_top1, "best_epoch": self.best_epoch}
-
-    def where(self):
-        return (f"epoch {self.epoch + 1}/{self.epoch_size}, step {self.step_in_epoch}/{self.steps_per_epoch} "
-                f"(global step {self.global_step})")
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written (e.g. disk full); the message names the file, the cause and
-    the previous checkpoint, which is intact."""
-
-
-# Temporary names of interrupted saves: save_checkpoint_atomic (".<name>.<random>.partial.ckpt" and
-# MindSpore's own ".tmp" of it) and link_or_copy (".<name>.<random>.partial").
-_PARTIAL_SUFFIXES = (".partial.ckpt", ".partial.tmp", ".partial")
-
-
-def remove_partial_checkpoints(directory):
-    """Delete the hidden temporary files that a save killed half-way leaves behind; returns their names.
-    Complete checkpoints only ever exist under their final names, so these are never needed."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    removed = []
-    for name in sorted(names):
-        if name.startswith(".") and ".ckpt." in name and name.endswith(_PARTIAL_SUFFIXES):
-            try:
-                os.remove(os.path.join(directory, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
-
-
-class Checkpointer:
-    """Writes ``last.ckpt`` (atomically), then hard-links ``best.ckpt`` and ``epoch_NNNN.ckpt`` to it.
-    Only the main rank writes; the others just track the same paths. On start it removes the temporary
-    files of a save that was killed half-way (see the module docstring)."""
-
-    def __init__(self, train_step, output_dir, *, model_name, state, is_main, save_every, keep, logger):
-        self.train_step, self.output_dir, self.model_name = train_step, output_dir, model_name
-        self.state, self.is_main, self.logger = state, is_main, logger
-        self.save_every, self.keep = int(save_every), int(keep)
-        self.last_path = os.path.join(output_dir, "last.ckpt")
-        self.best_path = os.path.join(output_dir, "best.ckpt")
-        if is_main:
-            removed = remove_partial_checkpoints(output_dir)
-            if removed:
-                logger.warning("removed %d temporary file(s) of an interrupted checkpoint save in %s: %s "
-                               "(complete checkpoints are untouched)", len(removed), output_dir, ", ".join(removed))
-
-    def _save_failed(self, path, description, err):
-        good = self.state.last_good
-        if good:
-            intact = (f"the previous checkpoint {good[0]} ({good[1]}) is intact; free disk space and continue "
-                      f"with --resume {good[0]}")
-        else:
-            intact = "no earlier checkpoint of this run exists"
-        root = err.__cause__ if isinstance(err.__cause__, OSError) else err  # save_checkpoint_atomic wraps it
-        cause = root.strerror or str(root)
-        return CheckpointSaveError(err.errno, f"could not write checkpoint {path} ({description}): {cause}; "
-                                              f"training stopped; {intact}")
-
-    def save_last(self, description):
-        if self.is_main:
-            try:
-                save_train_state(self.train_step, self.last_path, model_name=self.model_name,
-                                 meta=self.state.meta())
-            except OSError as e:
-                raise self._save_failed(self.last_path, description, e) from e
-        self.state.last_good = (self.last_path, description)
-        return self.last_path
-
-    def _link(self, path, description):
-        try:
-            link_or_copy(self.last_path, path)
-        except OSError as e:
-            raise self._save_failed(path, description, e) from e
-
-    def mark_best(self):
-        if self.is_main:
-            self._link(self.best_path, "best top-1")
-
-    def snapshot_epoch(self, epoch):
-        if not self.is_main or epoch % self.save_every:
-            return None
-        path = os.path.join(self.output_dir, f"epoch_{epoch:04d}.ckpt")
-        self._link(path, f"snapshot of epoch {epoch}")
-        if self.keep > 0:
-            snaps = sorted(f for f in os.listdir(self.output_dir)
-                           if f.startswith("epoch_") and f.endswith(".ckpt"))
-            for old in snaps[:-self.keep]:
-                try:
-                    os.remove(os.path.join(self.output_dir, old))
-                except OSError:
-                    pass
-        return path
 
 
 def _loss_value(outputs):

@@ -18,23 +18,15 @@ import logging
 import sys
 import warnings
 
-from mindppt.data import DatasetError
-from mindppt.utils.checkpoint import CheckpointError
-from mindppt.utils.config import ConfigError, parse_args
-from mindppt.utils.device import DeviceUnavailableError, resolve_device_target
+from mindppt.config import parse_args
+from mindppt.device import resolve_device_target
+from mindppt.errors import (USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted)
 
-__all__ = ["CliError", "parse_cli", "run_tool", "USER_ERRORS"]
-
-
-class CliError(ValueError):
-    """A command-line usage error (already formatted by argparse)."""
-
-
-USER_ERRORS = (CliError, ConfigError, DatasetError, CheckpointError, DeviceUnavailableError)
+__all__ = ["parse_cli", "run_tool"]
 
 
 def parse_cli(argv=None, tool=None):
-    """:func:`mindppt.utils.config.parse_args` for ``tool`` ("train", "eval", "demo"), then the device check
+    """:func:`mindppt.config.parse_args` for ``tool`` ("train", "eval", "demo"), then the device check
     (``device_target`` must be loadable by this MindSpore; ``auto`` is resolved and recorded in
     ``args.device_target``). A usage error raises CliError with argparse's message instead of printing
     the (long) usage text and exiting; an unavailable device raises DeviceUnavailableError."""
@@ -50,7 +42,7 @@ def parse_cli(argv=None, tool=None):
         lines = [line for line in text.splitlines() if ": error: " in line]
         message = lines[-1].split(": error: ", 1)[1] if lines else text.strip().splitlines()[-1]
         raise CliError(message) from None
-    cpu_flags = [f"--amp_level O0" if args.amp_level != "O0" else "",
+    cpu_flags = ["--amp_level O0" if args.amp_level != "O0" else "",
                  "--loss_scale_type none" if args.loss_scale_type != "none" and tool != "eval" else ""]
     args.device_target = resolve_device_target(args.device_target, " ".join(f for f in cpu_flags if f))
     return args
@@ -72,9 +64,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 def run_tool(main, argv=None):
     """Call ``main(argv)`` and map its outcome to an exit status (see the module docstring)."""
-    from mindppt.engine.callbacks import CheckpointSaveError
-    from mindppt.engine.trainer import TrainingError, TrainingInterrupted
-
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

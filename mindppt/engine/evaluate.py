@@ -11,9 +11,10 @@ import time
 import numpy as np
 import mindspore as ms
 
-from mindppt.utils.logging import Progress
+from mindppt.logger import Progress
+from .build import build_eval_model, create_eval_loader
 
-__all__ = ["evaluate", "measure_throughput", "format_metrics_table", "METRIC_KEYS"]
+__all__ = ["evaluate", "measure_throughput", "format_metrics_table", "run_eval", "METRIC_KEYS"]
 
 METRIC_KEYS = ("top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples")
 
@@ -47,7 +48,7 @@ def evaluate(model, loader, *, batch_size, all_reduce=None, progress=None):
     validation on sharded data). Returns ``{"top1", "top5" (percent), "loss", "num_samples",
     "img_per_s", "eval_time_s"}``; img/s is the forward pass alone (host-to-device copy and the
     device sync included, data loading excluded) over every batch but the first, which includes graph
-    compilation. ``progress``: optional :class:`mindppt.utils.logging.Progress` updated after each batch.
+    compilation. ``progress``: optional :class:`mindppt.logger.Progress` updated after each batch.
     """
     model.set_train(False)
     hits1 = hits5 = 0
@@ -129,76 +130,23 @@ def format_metrics_table(rows, columns=None):
     return "\n".join([line(header), sep] + [line(r) for r in body])
 
 
-def load_eval_weights(model, path, *, use_ema=False, model_name=None):
-    """Load weights for evaluation from ``path``: a training checkpoint of tools/train.py (its model
-    weights, or its EMA weights with ``use_ema`` when it has them) or any format of
-    :func:`mindppt.utils.checkpoint.read_state_dict` (converted DeiT/timm weights). Returns a
-    description of what was loaded."""
-    from mindppt.utils.checkpoint import load_state_dict_into_model, read_state_dict
-    from .train_state import is_train_state, model_weights_from_state, EMA_PREFIX
-
-    state_dict = read_state_dict(path)
-    what = "weights"
-    if is_train_state(state_dict):
-        has_ema = any(k.startswith(EMA_PREFIX) for k in state_dict)
-        ema = bool(use_ema and has_ema)
-        state_dict = model_weights_from_state(state_dict, use_ema=ema)
-        what = "EMA weights of the training checkpoint" if ema else "model weights of the training checkpoint"
-    load_state_dict_into_model(model, state_dict, strict=True, source=str(path), model_name=model_name)
-    return what
-
-
-def build_eval_model(args):
-    """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path`` (else
-    ``args.checkpoint_path``), AMP applied. Returns ``(model, info)``; ``info`` has ``gmacs``,
-    ``params_m``, ``weights`` (what was loaded) and ``ckpt_path``."""
-    from mindppt.utils.config import ConfigError
-    from mindppt.utils.device import setup_device
-    from mindppt.utils.flops import model_gmacs
-    from .trainer import apply_amp, build_model
-
-    path = args.ckpt_path or args.checkpoint_path
-    if not path:
-        raise ConfigError("no weights to evaluate: pass --ckpt_path (a checkpoint written by tools/train.py, or "
-                          "converted weights) or set checkpoint_path")
-    try:
-        setup_device(args.device_target, args.mode, args.device_id, args.jit_level)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    model = build_model(args, for_eval=True, with_weights=False)
-    weights = load_eval_weights(model, path, use_ema=bool(args.ema), model_name=args.model)
-    info = {"gmacs": model_gmacs(model),
-            "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
-            "weights": weights, "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
-            "threshold": next((blk.compression.threshold for blk in model.blocks if blk.compression is not None),
-                              None)}
-    return apply_amp(model, args.amp_level), info
-
-
-def eval_loader(args):
-    """The evaluation loader of ``args`` (``data_dir/val_split``) and its number of images."""
-    from mindppt.data import create_loader
-
-    return create_loader(args.data_dir, args.val_split, batch_size=args.batch_size, is_training=False,
-                         num_classes=args.num_classes, image_size=args.image_size,
-                         interpolation=args.interpolation, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
-                         num_parallel_workers=args.num_parallel_workers)
-
-
 def run_eval(args, logger=None):
     """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` (else ``args.checkpoint_path``) on
-    ``data_dir/val_split`` at the evaluation threshold. Returns the metrics dict of :data:`METRIC_KEYS`
-    (plus ``model``, ``ckpt_path``, ``weights``)."""
+    ``data_dir/val_split`` at the evaluation threshold. Returns ``(metrics, model)``: the metrics of
+    :data:`METRIC_KEYS` plus ``model``, ``ckpt_path``, ``threshold`` and ``tokens_per_block``, and the
+    evaluated model (compiled, for further measurements)."""
     model, info = build_eval_model(args)
-    loader, num_samples = eval_loader(args)
+    loader, num_samples = create_eval_loader(args)
     progress = None
     if logger is not None:
         compression = "dense" if info["threshold"] is None else f"PPT threshold {info['threshold']:g}"
-        logger.info("evaluating %s (%s, tokens after each block %s) with the %s of %s on %d images of %s/%s, "
-                    "%s mode on %s", args.model, compression, [n for _, n in info["token_schedule"]], info["weights"],
-                    info["ckpt_path"], num_samples, args.data_dir, args.val_split, args.mode, args.device_target)
+        logger.info("evaluating %s (%s, tokens after each block %s) with the %sweights of %s on %d images of "
+                    "%s/%s, %s mode on %s", args.model, compression, [n for _, n in info["token_schedule"]],
+                    "EMA " if args.ema else "", info["ckpt_path"], num_samples, args.data_dir, args.val_split,
+                    args.mode, args.device_target)
         progress = Progress(loader.get_dataset_size(), logger, label="eval batch", log_interval=args.log_interval)
     metrics = evaluate(model, loader, batch_size=args.batch_size, progress=progress)
     metrics.update({"gmacs": info["gmacs"], "params_m": info["params_m"], "model": args.model,
-                    "ckpt_path": info["ckpt_path"], "weights": info["weights"]})
-    return metrics
+                    "ckpt_path": info["ckpt_path"], "threshold": info["threshold"],
+                    "tokens_per_block": [n_out for _, n_out in info["token_schedule"]]})
+    return metrics, model

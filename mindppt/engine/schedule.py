@@ -7,14 +7,15 @@ import math
 
 import numpy as np
 
-__all__ = ["create_lr_schedule", "scale_lr"]
+__all__ = ["create_lr_schedule", "resolve_lr"]
 
 
-def scale_lr(lr_per_512, global_batch):
-    """DeiT's linear scaling rule: ``lr = lr_per_512 * global_batch / 512``."""
-    if global_batch <= 0:
-        raise ValueError(f"global_batch must be positive, got {global_batch}")
-    return float(lr_per_512) * float(global_batch) / 512.0
+def resolve_lr(args, device_num=1):
+    """Peak learning rate: ``args.lr`` if set, else DeiT's linear scaling rule,
+    ``lr_per_512 * batch_size * device_num / 512`` (the global batch)."""
+    if getattr(args, "lr", None) is not None:
+        return float(args.lr)
+    return float(args.lr_per_512) * args.batch_size * int(device_num) / 512.0
 
 
 def create_lr_schedule(*, base_lr, min_lr, warmup_lr, warmup_epochs, epochs, steps_per_epoch,

@@ -1,6 +1,8 @@
 """mindcv-style model registry: ``@register_model`` constructors and ``create_model``."""
 import difflib
 
+from .weights import load_weights
+
 _MODELS = {}
 
 
@@ -21,9 +23,12 @@ def is_model(name):
     return name in _MODELS
 
 
-def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", **kwargs):
-    """Build a registered model; ``checkpoint_path`` loads weights strictly (a different
-    ``num_classes`` drops the head with a warning)."""
+def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", ema=False,
+                 **kwargs):
+    """Build a registered model. ``checkpoint_path`` loads weights of any supported format strictly
+    (:func:`mindppt.models.weights.load_weights`: converted or original DeiT/timm weights, a MindSpore
+    ``.ckpt``, a training checkpoint of tools/train.py, whose EMA weights ``ema=True`` takes); a different
+    ``num_classes`` drops the head with a warning."""
     if model_name not in _MODELS:
         close = difflib.get_close_matches(model_name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(list_models())}"
@@ -34,6 +39,7 @@ def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, 
             "`python tools/convert_weights.py --src deit.pth --dst deit.ckpt` and pass checkpoint_path=deit.ckpt")
     model = _MODELS[model_name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     if checkpoint_path:
-        from mindppt.utils.checkpoint import load_model_weights  # pylint: disable=import-outside-toplevel
-        load_model_weights(model, checkpoint_path, model_name=model_name)
+        load_weights(model, checkpoint_path, use_ema=ema, model_name=model_name)
+    elif ema:
+        raise ValueError("ema=True selects the EMA weights of a checkpoint: pass checkpoint_path too")
     return model

@@ -6,15 +6,13 @@ so a recipe written for Ascend fails on a CPU machine with one line that says wh
 """
 import mindspore as ms
 
+from mindppt.errors import DeviceUnavailableError
+
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 AUTO = "auto"
 AUTO_ORDER = ("Ascend", "GPU", "CPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 JIT_LEVELS = ("O0", "O1", "O2")
-
-
-class DeviceUnavailableError(ValueError):
-    """The requested backend cannot be loaded by this MindSpore installation."""
 
 
 def is_available(device_target):

@@ -120,7 +120,7 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     from mindppt.models import create_model  # pylint: disable=import-outside-toplevel
     from mindppt.engine.optim import create_optimizer  # pylint: disable=import-outside-toplevel
     from mindppt.engine.train_step import NetWithLoss, SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
-    from mindppt.utils.amp import apply_amp  # pylint: disable=import-outside-toplevel
+    from mindppt.models.amp import apply_amp  # pylint: disable=import-outside-toplevel
 
     images = ms.Tensor(np.zeros((batch_size, 3, img_size, img_size), np.float32))
     targets = ms.Tensor(np.full((batch_size, num_classes), 1.0 / num_classes, np.float32))

@@ -40,8 +40,8 @@ CPU; bf16: see tests/test_amp.py).
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindppt.models.ppt import TokenCompression
-from mindppt.models.vit import Attention, Block, LayerNorm
+from .ppt import TokenCompression
+from .vit import Attention, Block, LayerNorm
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 AMP_DTYPES = {"float16": ms.float16, "fp16": ms.float16, "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}

@@ -14,7 +14,7 @@ Value syntax (command line and YAML alike):
 
 Learning rate: ``lr`` is absolute and wins when set. Otherwise ``lr = lr_per_512 * global_batch / 512``
 (DeiT's linear scaling rule, global_batch = batch_size * number of devices), computed by
-:func:`resolve_lr`. ``min_lr`` and ``warmup_lr`` are absolute, never scaled (as in DeiT).
+:func:`mindppt.engine.build.resolve_lr`. ``min_lr`` and ``warmup_lr`` are absolute, never scaled (as in DeiT).
 
 User errors (unknown keys, wrong types, unreadable YAML) exit through ``parser.error`` (status 2, a
 message, no traceback). :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`
@@ -25,17 +25,14 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 
 import yaml
 
-__all__ = ["ConfigError", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
-           "default_config", "resolve_lr", "model_kwargs", "str2bool", "given_options",
-           "ineffective_options"]
+from mindppt.errors import ConfigError
+from mindppt.io import atomic_write
 
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid (the message says which file, key and value)."""
+__all__ = ["build_parser", "parse_args", "load_config", "validate_config", "save_config", "default_config",
+           "str2bool", "given_options", "ineffective_options"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -582,19 +579,7 @@ def save_config(args, path):
     if values.get("config"):
         header += f" (recipe: {values['config']})"
     text = header + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_config_", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, text)
 
 
 def _plain(value):
@@ -603,30 +588,3 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-# ----------------------------------------------------------------------------------------------------
-# Derived values
-# ----------------------------------------------------------------------------------------------------
-def resolve_lr(args, device_num=1):
-    """Peak learning rate: ``args.lr`` if set, else ``lr_per_512 * batch_size * device_num / 512``."""
-    if getattr(args, "lr", None) is not None:
-        return float(args.lr)
-    return float(args.lr_per_512) * args.batch_size * int(device_num) / 512.0
-
-
-def model_kwargs(args, for_eval=False):
-    """Keyword arguments for ``create_model(args.model, **model_kwargs(args))``. PPT options left unset
-    (None) are omitted so the registered model's own defaults apply. ``for_eval`` uses eval_threshold."""
-    kwargs = dict(num_classes=args.num_classes, pretrained=args.pretrained,
-                  checkpoint_path=args.checkpoint_path or "", drop_rate=args.drop_rate,
-                  drop_path_rate=args.drop_path_rate,
-                  img_size=args.img_size if args.img_size is not None else args.image_size)
-    threshold = args.threshold
-    if for_eval and args.eval_threshold is not None:
-        threshold = args.eval_threshold
-    for key, value in (("r_tokens", args.r_tokens), ("pp_loc_list", args.pp_loc_list),
-                       ("threshold", threshold), ("prop_attn", args.prop_attn)):
-        if value is not None:
-            kwargs[key] = value
-    return kwargs

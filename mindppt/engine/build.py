@@ -1,0 +1,176 @@
+"""From a parsed configuration (``args`` of :func:`mindppt.config.parse_args`) to the objects a run
+needs: device, model (with its weights and mixed precision), data loaders, learning rate and the
+data-parallel context. Used by training, evaluation, the demo and the benchmark alike."""
+import warnings
+
+import numpy as np
+import mindspore as ms
+from mindspore.communication import get_group_size, get_rank, init
+from mindspore.ops.communication import all_reduce
+
+from mindppt.data import create_loader
+from mindppt.device import setup_device
+from mindppt.errors import CheckpointError, ConfigError
+from mindppt.models import create_model
+from mindppt.models.amp import apply_amp
+from mindppt.models.flops import model_gmacs
+
+__all__ = ["setup", "init_distributed", "make_reduce_sum", "model_kwargs", "build_model",
+           "build_eval_model", "create_train_loaders", "create_eval_loader", "r_clamps", "describe_r_clamps",
+           "warn_clamped_r_tokens", "apply_amp"]
+
+
+def setup(args, device_id=None):
+    """Backend, execution mode and jit level of ``args``; invalid values become ConfigError."""
+    try:
+        return setup_device(args.device_target, args.mode, device_id, args.jit_level)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def init_distributed(args):
+    """``(rank, group_size)``; with ``args.distribute`` initialise communication and DATA_PARALLEL."""
+    if not args.distribute:
+        return 0, 1
+    try:
+        init()
+    except Exception as e:  # RuntimeError with a long message when not started by msrun/mpirun
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"distribute=true but communication could not be initialised ({first}); launch with "
+                          f"msrun --worker_num=N --local_worker_num=N tools/train.py ... --distribute true, "
+                          f"or set --distribute false") from None
+    rank, size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
+    return rank, size
+
+
+def make_reduce_sum(group_size):
+    """A function summing a small numpy vector over all ranks (None on one device)."""
+    if group_size <= 1:
+        return None
+    def reduce_sum(vector):
+        tensor = ms.Tensor(np.asarray(vector, dtype=np.float32))
+        out = all_reduce(tensor)
+        if isinstance(out, tuple):
+            out = out[0]
+        elif not isinstance(out, ms.Tensor):  # in-place variant returns a handle
+            out = tensor
+        return out.asnumpy().astype(np.float64)
+
+    return reduce_sum
+
+
+def model_kwargs(args, for_eval=False):
+    """Keyword arguments for ``create_model(args.model, **model_kwargs(args))``. PPT options left unset
+    (None) are omitted so the registered model's own defaults apply. ``for_eval``: the evaluation
+    threshold, no dropout or drop path, and the weights to evaluate (``ckpt_path``, else
+    ``checkpoint_path``; the EMA weights of a training checkpoint with ``ema``)."""
+    kwargs = dict(num_classes=args.num_classes, pretrained=args.pretrained,
+                  img_size=args.img_size if args.img_size is not None else args.image_size)
+    threshold = args.threshold
+    if for_eval:
+        kwargs.update(drop_rate=0.0, drop_path_rate=0.0, checkpoint_path=args.ckpt_path or args.checkpoint_path or "",
+                      ema=bool(args.ema))
+        if args.eval_threshold is not None:
+            threshold = args.eval_threshold
+    else:
+        kwargs.update(drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
+                      checkpoint_path=args.checkpoint_path or "")
+    for key, value in (("r_tokens", args.r_tokens), ("pp_loc_list", args.pp_loc_list),
+                       ("threshold", threshold), ("prop_attn", args.prop_attn)):
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def build_model(args, for_eval=False, with_weights=True):
+    """``create_model`` from the config (weights loaded by its one loader); invalid model settings
+    become ConfigError. No mixed precision yet (see :func:`apply_amp`)."""
+    kwargs = model_kwargs(args, for_eval=for_eval)
+    if not with_weights:
+        kwargs.pop("checkpoint_path")
+        kwargs.pop("ema", None)
+    try:
+        model = create_model(args.model, **kwargs)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build model {args.model!r}: {e}") from None
+    warn_clamped_r_tokens(model, args.r_tokens)
+    return model
+
+
+def build_eval_model(args):
+    """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path`` (else
+    ``args.checkpoint_path``), AMP applied. Returns ``(model, info)``; ``info`` has ``gmacs``,
+    ``params_m``, ``ckpt_path``, ``token_schedule`` and ``threshold`` (None for a dense model)."""
+    path = args.ckpt_path or args.checkpoint_path
+    if not path:
+        raise ConfigError("no weights to evaluate: pass --ckpt_path (a checkpoint written by tools/train.py, or "
+                          "converted weights) or set checkpoint_path")
+    setup(args, args.device_id)
+    model = build_model(args, for_eval=True)
+    info = {"gmacs": model_gmacs(model),
+            "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
+            "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
+            "threshold": next((blk.compression.threshold for blk in model.blocks if blk.compression is not None),
+                              None)}
+    return apply_amp(model, args.amp_level), info
+
+
+def _loader_options(args, rank, group_size):
+    shards = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
+    return dict(batch_size=args.batch_size, num_classes=args.num_classes, image_size=args.image_size,
+                interpolation=args.interpolation, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+                num_parallel_workers=args.num_parallel_workers, **shards)
+
+
+def create_eval_loader(args, class_names=None, rank=0, group_size=1):
+    """The evaluation loader of ``data_dir/val_split`` and its number of images."""
+    return create_loader(args.data_dir, args.val_split, is_training=False, class_names=class_names,
+                         **_loader_options(args, rank, group_size))
+
+
+def create_train_loaders(args, rank=0, group_size=1):
+    """``(train_loader, n_train, val_loader, n_val)``; the validation classes follow the training set's."""
+    train_loader, n_train = create_loader(
+        args.data_dir, args.train_split, is_training=True, seed=args.seed, repeated_aug=args.repeated_aug,
+        mixup=args.mixup, cutmix=args.cutmix, mixup_prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
+        label_smoothing=args.label_smoothing, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        auto_augment=args.auto_augment, color_jitter=args.color_jitter, re_prob=args.re_prob,
+        **_loader_options(args, rank, group_size))
+    val_loader, n_val = create_eval_loader(args, train_loader.class_names, rank, group_size)
+    return train_loader, n_train, val_loader, n_val
+
+
+def r_clamps(model):
+    """``[(block, asked, removed, tokens_in)]`` for each block that removes fewer tokens than asked: a
+    compression removes at most half of its non-class tokens, ``(N - 1) // 2`` (PPT's and ToMe's rule)."""
+    asked, schedule = getattr(model, "r_per_block", None), getattr(model, "token_schedule", None)
+    if not asked or not schedule:
+        return []
+    return [(i, r, n_in - n_out, n_in) for i, (r, (n_in, n_out)) in enumerate(zip(asked, schedule))
+            if n_in - n_out < r]
+
+
+def describe_r_clamps(clamps):
+    """``r clamped to 48 at block 9 (97 tokens in)`` or an empty string."""
+    if not clamps:
+        return ""
+    return "r clamped to " + ", ".join(f"{removed} at block {i} ({n_in} tokens in)" for i, _, removed, n_in in clamps)
+
+
+def warn_clamped_r_tokens(model, r_tokens):
+    """Warn (UserWarning) when a block was asked to remove at least as many tokens as it has non-class
+    tokens: that is a setting PPT cannot mean, not its halving rule (e.g. r=50 at blocks 3/6/9 of DeiT
+    becomes 48 at block 9, as in the paper, and is only reported with the token schedule). Returns the
+    message, or None."""
+    clamps = r_clamps(model)
+    if not any(asked >= n_in - 1 for _, asked, _, n_in in clamps):
+        return None
+    shown = "(the model's default)" if r_tokens is None else r_tokens
+    message = (f"r_tokens={shown} is more than PPT can remove (at most half of the non-class tokens of a "
+               f"block, (N - 1) // 2): {describe_r_clamps(clamps).replace('r clamped', 'clamped')}; "
+               f"tokens after each block: {[n_out for _, n_out in model.token_schedule]}")
+    warnings.warn(message, UserWarning, stacklevel=2)
+    return message

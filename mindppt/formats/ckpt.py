@@ -1,0 +1,29 @@
+"""MindSpore ``.ckpt`` files, through ``mindspore.load_checkpoint``."""
+import numpy as np
+import mindspore as ms
+
+from mindppt.errors import CheckpointError
+from .common import EXPECTED_FORMATS, StateDict
+
+__all__ = ["read_mindspore_ckpt"]
+
+
+def _ms_to_numpy(value) -> np.ndarray:
+    try:
+        return value.asnumpy()
+    except (TypeError, RuntimeError):  # e.g. bfloat16 has no numpy dtype
+        return value.astype(ms.float32).asnumpy()
+
+
+def read_mindspore_ckpt(path: str) -> StateDict:
+    path = str(path)
+    try:
+        params = ms.load_checkpoint(path)
+    except Exception as e:  # MindSpore raises ValueError/RuntimeError with long messages
+        raise CheckpointError(
+            f"{path} could not be read as a MindSpore .ckpt (expected a {EXPECTED_FORMATS}): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+    if not params:
+        raise CheckpointError(f"{path} is an empty or unreadable MindSpore .ckpt")
+    return {name: _ms_to_numpy(p) for name, p in params.items() if not isinstance(p, str)}

@@ -1,4 +1,4 @@
-"""Reliability (issue 5): bad input gets a clear error, faults lose no work.
+"""Reliability: bad input gets a clear error, faults lose no work.
 
 Every case is fed through a real entry point, ``tools/train.py``, ``tools/eval.py`` or
 ``tools/convert_weights.py``, each in its own subprocess. The tests check the exit status, that the one

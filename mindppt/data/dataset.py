@@ -201,9 +201,9 @@ class RepeatAugSampler(ds.Sampler):
     Difference from DeiT: DeiT keeps ``N // 256 * 256 / num_replicas`` ids (an ImageNet-size rounding
     that yields nothing on small sets); we keep ``ceil(N / num_replicas)``.
 
-    The epoch is ``set_epoch(e)`` if it was called, else the number of times this sampler (and its
-    copies: MindSpore deep-copies the pipeline per iterator, and the copies share state) has been
-    iterated; that count is the same on every rank as long as every rank runs the same code.
+    The epoch is the number of times this sampler (and its copies: MindSpore deep-copies the pipeline
+    per iterator, and the copies share state) has been iterated; that count is the same on every rank
+    as long as every rank runs the same code.
     """
 
     def __init__(self, dataset_size: int, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
@@ -214,15 +214,12 @@ class RepeatAugSampler(ds.Sampler):
         # (ds.Sampler owns `dataset_size`; our N is `num_items`. Set before super(), which calls len().)
         self.num_items, self.num_replicas, self.rank = int(dataset_size), int(num_replicas), int(rank)
         self.shuffle, self.repeats, self.seed = bool(shuffle), int(repeats), int(seed)
-        self._state = _state if _state is not None else {"epoch": None, "calls": 0}
+        self._state = _state if _state is not None else {"calls": 0}
         super().__init__()
 
     def __deepcopy__(self, memo):
         return RepeatAugSampler(self.num_items, num_replicas=self.num_replicas, rank=self.rank,
                                 shuffle=self.shuffle, repeats=self.repeats, seed=self.seed, _state=self._state)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._state["epoch"] = int(epoch)
 
     def __len__(self) -> int:
         return math.ceil(self.num_items / self.num_replicas)
@@ -236,9 +233,8 @@ class RepeatAugSampler(ds.Sampler):
         return ids[self.rank:total:self.num_replicas][: len(self)].tolist()
 
     def __iter__(self):
-        state = self._state
-        epoch = state["epoch"] if state["epoch"] is not None else state["calls"]
-        state["calls"] += 1
+        epoch = self._state["calls"]
+        self._state["calls"] += 1
         return iter(self.indices(epoch))
 
 
@@ -264,9 +260,8 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
     also seeds Python's ``random`` and ``numpy.random``) because MindSpore's samplers and random ops have
     no per-op seed.
 
-    The returned object carries ``class_names``, ``index`` (:class:`ImageFolderIndex`) and
-    ``repeat_sampler`` (the :class:`RepeatAugSampler` or None) attributes; ``map``/``batch`` return new
-    objects without them.
+    The returned object carries ``class_names`` and ``index`` (:class:`ImageFolderIndex`) attributes;
+    ``map``/``batch`` return new objects without them.
     """
     _check_shards(num_shards, shard_id)
     index = scan_image_folder(data_dir, split, class_names=class_names, verify_images=verify_images)
@@ -285,7 +280,6 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
         dataset = ds.GeneratorDataset(source, shuffle=shuffle, num_shards=num_shards, shard_id=shard_id, **common)
     dataset.class_names = index.class_names
     dataset.index = index
-    dataset.repeat_sampler = sampler
     return dataset
 
 

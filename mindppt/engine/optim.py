@@ -18,12 +18,9 @@ which only changes updates of gradient elements within ~100x of eps (1e-8) durin
 ``bias_correction=False`` gives MindSpore's plain AdamWeightDecay.
 The step ``t`` is the optimizer's ``global_step`` parameter, saved in checkpoints, so resuming keeps it.
 
-Loss scaling: ``nn.AdamWeightDecay`` has no ``loss_scale`` argument, so on Ascend/GPU use
-``FixedLossScaleManager(drop_overflow_update=True)`` or ``DynamicLossScaleManager`` (they unscale the
-gradients before the optimizer). On CPU MindSpore 2.10 supports no loss scaling with this optimizer:
-``Model`` only accepts ``FixedLossScaleManager(drop_overflow_update=False)`` there (which relies on an
-optimizer ``loss_scale``) and ``TrainOneStepWithLossScaleCell`` needs the Ascend-only
-``NPUGetFloatStatusV2``; use ``loss_scale_type: none`` with O0 on CPU.
+Loss scaling is not the optimizer's job here: :class:`~.train_step.TrainStep` scales the loss, unscales
+the gradients and skips steps with non-finite gradients (fixed or dynamic scale) on every backend, so
+``nn.AdamWeightDecay`` sees plain gradients.
 """
 from collections.abc import Iterable
 

@@ -61,12 +61,10 @@ class PatchEmbed(nn.Cell):
 class _RandomKeep(nn.Cell):
     """Base of Dropout and DropPath: a keep mask from ``UniformReal``, scaled by ``1 / keep_prob``.
 
-    Not ``nn.Dropout``: MindSpore 2.10's CPU Dropout and Bernoulli kernels give a different mask sequence
-    from about the sixth call on when the machine is loaded (five same-seed processes run side by side
-    gave five sequences), which broke same-seed reproducibility. ``UniformReal`` with fixed seeds gave
-    one sequence in the same check. Its seeds come from the global seed (``mindspore.set_seed``) the
-    way ``nn.Dropout``'s do: each cell draws its own stream, and the streams repeat after the same
-    ``set_seed`` and the same build order."""
+    Not ``nn.Dropout``: MindSpore 2.10's CPU Dropout and Bernoulli kernels do not repeat their masks
+    across same-seed processes when the machine is loaded (tests/test_dropout.py); ``UniformReal`` does.
+    Seeds come from the global seed (``mindspore.set_seed``) as ``nn.Dropout``'s do: each cell draws its
+    own stream, and the streams repeat after the same ``set_seed`` and the same build order."""
 
     def __init__(self, drop_prob):
         super().__init__()
@@ -250,7 +248,6 @@ class VisionTransformer(nn.Cell):
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
-        self.threshold = float(threshold)
         self.trace_source = bool(trace_source)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         num_tokens = self.patch_embed.num_patches + 1
@@ -296,7 +293,6 @@ class VisionTransformer(nn.Cell):
     def set_threshold(self, threshold):
         """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate). The threshold is a
         (non-trainable) Parameter, so compiled graphs see the new value without recompiling."""
-        self.threshold = float(threshold)
         for blk in self.blocks:
             if blk.compression is not None:
                 blk.compression.threshold = float(threshold)

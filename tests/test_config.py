@@ -5,8 +5,16 @@ import os
 
 import pytest
 
-from mindppt.config import (build_parser, default_config, given_options, load_config, parse_args, save_config,
-                            str2bool, validate_config)
+from mindppt.config import (
+    build_parser,
+    default_config,
+    given_options,
+    load_config,
+    parse_args,
+    save_config,
+    str2bool,
+    validate_config,
+)
 from mindppt.engine.build import model_kwargs
 from mindppt.engine.schedule import resolve_lr
 from mindppt.errors import ConfigError

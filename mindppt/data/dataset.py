@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+import mindspore.dataset as ds
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-import mindspore.dataset as ds
-
 from mindppt.errors import DatasetError, DatasetWarning
+
 from .mixup import Mixup
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transforms
 

@@ -17,6 +17,8 @@ from typing import Dict
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from mindppt.errors import DatasetError
 from mindppt.io import atomic_write
@@ -59,9 +61,6 @@ def write_digits_imagefolder(out_dir: str, *, image_size: int = 32, val_fraction
     "complete" only after that, so an interrupted run is redone on the next call. Not safe to call from several
     processes on the same ``out_dir`` at once (let rank 0 write it).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
     if not 0 < val_fraction < 1:

@@ -3,8 +3,8 @@ needs: device, model (with its weights and mixed precision), data loaders, learn
 data-parallel context. Used by training, evaluation, the demo and the benchmark alike."""
 import warnings
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.ops.communication import all_reduce
 

@@ -6,36 +6,25 @@ Faults handled here:
 
 * a non-finite loss stops training after that step: nothing is saved (the weights are already
   poisoned) and the error names the step and the last good checkpoint;
-* SIGINT / SIGTERM: the handler only sets a flag; after the current step a resumable checkpoint
-  (``last.ckpt``, with the step inside the epoch) is written and training stops. A second signal aborts
-  at once (KeyboardInterrupt). MindSpore reports a Ctrl-C that lands inside a graph step as SIGTERM
-  (see :func:`signal_name`), so both are handled the same way.
+* SIGINT / SIGTERM (:mod:`.signals`): the handler only sets a flag; after the current step a resumable
+  checkpoint (``last.ckpt``, with the step inside the epoch) is written and training stops.
 
 With several devices the loss and the signal flag are summed over all ranks after every step
 (``all_reduce``), so every rank sees the same (mean) loss and stops at the same step.
 """
 import math
 import signal
-import threading
 import time
 
 import numpy as np
 from mindspore.train import Callback
 
 from mindppt.logger import format_eta
+
 from .checkpointing import StopRequest
+from .signals import StopSignals, signal_name
 
 __all__ = ["TrainMonitor", "EpochEnd"]
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def signal_name(signum):
-    """SIGINT, or for SIGTERM "SIGTERM/Ctrl-C": MindSpore's graph executor turns a SIGINT that arrives
-    while a graph runs (most of a training step) into SIGTERM (``SignalGuard`` in its C++ runtime), so
-    a Ctrl-C usually reaches Python as SIGTERM."""
-    return "SIGINT" if signum == signal.SIGINT else "SIGTERM/Ctrl-C"
-
 
 def _loss_value(outputs):
     if isinstance(outputs, (tuple, list)):
@@ -45,8 +34,9 @@ def _loss_value(outputs):
 
 
 class TrainMonitor(Callback):
-    """Per step: count, check the loss, react to signals, and log progress every ``log_interval``
-    steps (epoch/step/loss/lr/img/s/ETA)."""
+    """Per step: count, stop on a non-finite loss or a signal (:class:`~.signals.StopSignals`; the
+    resumable checkpoint goes through the Checkpointer), and log progress every ``log_interval`` steps
+    (epoch/step/loss/lr/img/s/ETA)."""
 
     def __init__(self, state, checkpointer, logger, *, log_interval, reduce_sum=None, group_size=1):
         super().__init__()
@@ -54,7 +44,7 @@ class TrainMonitor(Callback):
         self.log_interval = max(1, int(log_interval))
         self.reduce_sum = reduce_sum
         self.group_size = int(group_size)
-        self._old_handlers = {}
+        self.signals = StopSignals(state, logger)
         self._run_start = None
         self._first_step_end = None
         self._steps_timed = 0
@@ -67,38 +57,13 @@ class TrainMonitor(Callback):
         self.epoch_start = None
         self.val_seconds = []
 
-    # ---------------------------------------------------------------- signals
-    def _handler(self, signum, _frame):
-        if self.state.pending_signal is not None:
-            raise KeyboardInterrupt(f"second {signal_name(signum)}: aborting without a checkpoint")
-        self.state.pending_signal = signum
-        self.logger.warning("received %s: a resumable checkpoint will be written after the current step, "
-                            "then training stops (send it again to abort at once)", signal_name(signum))
-
-    def _install(self):
-        """(Re-)install the handlers. MindSpore's data engine registers a C-level SIGINT handler of its
-        own once its pipeline is running (it re-raises SIGINT as SIGTERM), so this runs again after every
-        step (one cheap system call per signal)."""
-        if threading.current_thread() is not threading.main_thread():
-            if not self._old_handlers:
-                self.logger.warning("not in the main thread: SIGINT/SIGTERM will not write a checkpoint")
-            return
-        for sig in _SIGNALS:
-            old = signal.signal(sig, self._handler)
-            self._old_handlers.setdefault(sig, old)
-
-    def _restore(self):
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers = {}
-
     # ---------------------------------------------------------------- callback hooks
     def on_train_begin(self, run_context):
-        self._install()
+        self.signals.install()
         self._run_start = time.perf_counter()
 
     def on_train_end(self, run_context):
-        self._restore()
+        self.signals.restore()
 
     def on_train_epoch_begin(self, run_context):
         self.epoch_loss_sum, self.epoch_steps = 0.0, 0
@@ -122,7 +87,7 @@ class TrainMonitor(Callback):
         state.global_step += 1
         state.step_in_epoch += 1
         self._last_step_end = now
-        self._install()
+        self.signals.install()
         if self._first_step_end is None:
             self._first_step_end = now
             self._interval_start, self._interval_images = now, 0
@@ -201,8 +166,9 @@ class EpochEnd(Callback):
         steps = max(self.monitor.epoch_steps, 1)
         record = {"epoch": epoch, "train_loss": self.monitor.epoch_loss_sum / steps,
                   "train_seconds": train_seconds, "lr": state.lr_at(state.global_step - 1)}
+        img_s = self.monitor.epoch_steps * state.images_per_step / train_seconds
         parts = [f"epoch {epoch}/{state.epoch_size}: train loss {record['train_loss']:.4f} "
-                 f"in {train_seconds:.1f}s ({self.monitor.epoch_steps * state.images_per_step / train_seconds:.1f} img/s)"]
+                 f"in {train_seconds:.1f}s ({img_s:.1f} img/s)"]
 
         improved = False
         if epoch % self.val_interval == 0 or epoch == state.epoch_size:

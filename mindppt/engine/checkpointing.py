@@ -9,8 +9,8 @@ run in that directory removes. :func:`resume` restores a run from such a file.
 """
 import os
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from mindppt.errors import CheckpointError, CheckpointSaveError
 from mindppt.formats.train_state import EMA_PREFIX, FORMAT_KEY, FORMAT_VERSION, META_KEYS, META_PREFIX

@@ -20,7 +20,7 @@ import warnings
 
 from mindppt.config import parse_args
 from mindppt.device import resolve_device_target
-from mindppt.errors import (USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted)
+from mindppt.errors import USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted
 
 __all__ = ["parse_cli", "run_tool"]
 
@@ -62,26 +62,30 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
         print(f"warning: {text}", file=sys.stderr if file is None else file)
 
 
+# How a tool ends, by the exception that ended it (first match wins): the word before the message and the
+# exit status.
+_OUTCOMES = (
+    (CheckpointSaveError, "error", lambda e: 1),
+    (USER_ERRORS, "error", lambda e: 2),
+    (TrainingInterrupted, "stopped", lambda e: 128 + int(e.signum)),
+    (TrainingError, "error", lambda e: 1),
+)
+
+
 def run_tool(main, argv=None):
     """Call ``main(argv)`` and map its outcome to an exit status (see the module docstring)."""
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         return main(argv) or 0
-    except CheckpointSaveError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 1
-    except USER_ERRORS as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as e:
-        print(f"stopped: {_one_line(e)}", file=sys.stderr)
-        return 128 + int(e.signum)
-    except TrainingError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt as e:
         print(f"aborted{': ' + _one_line(e) if str(e) else ''}", file=sys.stderr)
         return 130
+    except Exception as e:
+        for kinds, word, status in _OUTCOMES:
+            if isinstance(e, kinds):
+                print(f"{word}: {_one_line(e)}", file=sys.stderr)
+                return status(e)
+        raise
     finally:
         warnings.showwarning = previous

@@ -3,7 +3,7 @@
 The averages are Parameters named ``ema.<parameter name>``, so they are part of the training step's
 parameters and land in every checkpoint next to the weights and the optimizer state.
 """
-from mindspore import nn, ops, ParameterTuple
+from mindspore import ParameterTuple, nn, ops
 
 __all__ = ["EMA", "EMA_PREFIX"]
 

@@ -8,10 +8,11 @@ float64 from the logits.
 import math
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from mindppt.logger import Progress
+
 from .build import build_eval_model, create_eval_loader
 
 __all__ = ["evaluate", "measure_throughput", "format_metrics_table", "run_eval", "METRIC_KEYS"]

@@ -24,9 +24,9 @@ the gradients and skips steps with non-finite gradients (fixed or dynamic scale)
 """
 from collections.abc import Iterable
 
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+import numpy as np
+from mindspore import Tensor, nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 __all__ = ["create_optimizer", "param_groups", "AdamBiasCorrectedLR", "NO_WEIGHT_DECAY"]

@@ -13,7 +13,7 @@ devices) whenever the parallel mode is DATA_PARALLEL, and adds what that cell la
 The loss scale lives in a Parameter named ``scale_sense``, so checkpoints carry it.
 """
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.amp import all_finite
 
 __all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "TrainStep"]

@@ -22,8 +22,8 @@ import math
 import os
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore.train import Model
 
 from mindppt.config import save_config
@@ -31,8 +31,17 @@ from mindppt.errors import TrainingError, TrainingInterrupted
 from mindppt.logger import get_logger
 from mindppt.models.flops import model_gmacs
 from mindppt.models.weights import copy_weights
-from .build import (apply_amp, build_model, create_train_loaders, describe_r_clamps, init_distributed,
-                    make_reduce_sum, r_clamps, setup)
+
+from .build import (
+    apply_amp,
+    build_model,
+    create_train_loaders,
+    describe_r_clamps,
+    init_distributed,
+    make_reduce_sum,
+    r_clamps,
+    setup,
+)
 from .callbacks import EpochEnd, TrainMonitor
 from .checkpointing import Checkpointer, RunState, resume
 from .ema import EMA

@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from mindppt.errors import CheckpointError
+
 from .ckpt import read_mindspore_ckpt
 from .common import EXPECTED_FORMATS, StateDict
 from .npz import jax_vit_to_timm, read_npz

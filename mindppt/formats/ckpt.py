@@ -1,8 +1,9 @@
 """MindSpore ``.ckpt`` files, through ``mindspore.load_checkpoint``."""
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from mindppt.errors import CheckpointError
+
 from .common import EXPECTED_FORMATS, StateDict
 
 __all__ = ["read_mindspore_ckpt"]

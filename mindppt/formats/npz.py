@@ -6,6 +6,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from mindppt.errors import CheckpointError
+
 from .common import StateDict
 
 __all__ = ["read_npz", "jax_vit_to_timm"]

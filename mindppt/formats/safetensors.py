@@ -5,6 +5,7 @@ import struct
 import numpy as np
 
 from mindppt.errors import CheckpointError
+
 from .common import StateDict, bf16_to_f32, itemsize
 
 __all__ = ["read_safetensors", "looks_like_safetensors"]

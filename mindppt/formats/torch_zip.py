@@ -16,6 +16,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from mindppt.errors import CheckpointError
+
 from .common import EXPECTED_FORMATS, bf16_to_f32, itemsize
 
 __all__ = ["read_torch_zip", "torch_zip_prefix"]

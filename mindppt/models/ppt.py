@@ -8,10 +8,9 @@ shapes, no host round-trip: one graph serves a batch that mixes both policies.
 
 Nothing here knows about configs, files or training.
 """
-import numpy as np
-
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
 
 # Name of the threshold parameter. It is a run-time setting, not a weight: checkpoint conversion skips
 # it, and it is a Parameter only so that changing it takes effect in an already compiled graph.

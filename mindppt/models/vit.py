@@ -5,12 +5,11 @@ the CPU backend (patch embedding as one matmul, unstacked q/k/v, BatchMatMul att
 """
 import weakref
 
-import numpy as np
-
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import One, TruncatedNormal, Zero, initializer
 from mindspore.common.seed import _get_graph_seed  # nn.Dropout's seeding (MindSpore is pinned)
-from mindspore.common.initializer import initializer, TruncatedNormal, Zero, One
 
 from . import fused_cpu
 from .ppt import TokenCompression, effective_r

@@ -16,12 +16,13 @@ import warnings
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from mindppt.errors import CheckpointError
 from mindppt.formats import StateDict, read_state_dict
 from mindppt.formats.train_state import is_train_state, model_weights_from_state
+
 from .ppt import is_runtime_setting
 
 __all__ = ["load_weights", "load_state_dict_into_model", "convert_state_dict", "model_param_shapes",

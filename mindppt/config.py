@@ -22,7 +22,6 @@ instead, for programmatic use.
 """
 import argparse
 import difflib
-import math
 import os
 import sys
 
@@ -30,176 +29,19 @@ import yaml
 
 from mindppt.errors import ConfigError
 from mindppt.io import atomic_write
+from mindppt.option_types import (
+    choice,
+    float_type,
+    int_or_list,
+    int_type,
+    list_of,
+    optional,
+    str2bool,
+    str_type,
+)
 
 __all__ = ["build_parser", "parse_args", "load_config", "validate_config", "save_config", "default_config",
            "str2bool", "given_options", "ineffective_options"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Type functions. Each takes a command-line string *or* a value loaded from YAML (int, float, bool,
-# list, None) and returns the converted value or raises argparse.ArgumentTypeError with a message that
-# names the value and the expected type.
-# ----------------------------------------------------------------------------------------------------
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
-_NONE = {"none", "null", "~", ""}
-
-
-def _named(name):
-    def deco(fn):
-        fn.__name__ = name
-        return fn
-    return deco
-
-
-def _shown(value):
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def str2bool(value):
-    """true/false/1/0/yes/no/on/off (any case), or a YAML bool."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0), got {_shown(value)}")
-
-
-def _int(lo=None, hi=None):
-    @_named("int")
-    def conv(value):
-        out = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            out = value
-        elif isinstance(value, str):
-            try:
-                out = int(value.strip())
-            except ValueError:
-                out = None
-        if out is None:
-            raise argparse.ArgumentTypeError(f"expected an int, got {_shown(value)}")
-        _check_range(out, lo, hi, "an int")
-        return out
-    return conv
-
-
-def _float(lo=None, hi=None, lo_open=False):
-    @_named("float")
-    def conv(value):
-        out = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value.strip())
-            except ValueError:
-                out = None
-        if out is None or math.isnan(out):
-            raise argparse.ArgumentTypeError(f"expected a float, got {_shown(value)}")
-        _check_range(out, lo, hi, "a float", lo_open)
-        return out
-    return conv
-
-
-def _check_range(value, lo, hi, kind, lo_open=False):
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
-        left = "(" if lo_open else "["
-        bounds = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise argparse.ArgumentTypeError(f"expected {kind} in {bounds}, got {value}")
-
-
-@_named("str")
-def _str(value):
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # e.g. ``output_dir: 2024``
-    raise argparse.ArgumentTypeError(f"expected a string, got {_shown(value)}")
-
-
-def _choice(*choices, aliases=None):
-    """Case-insensitive choice returning the canonical spelling; ``aliases`` maps extra spellings."""
-    table = {c.lower(): c for c in choices}
-    table.update({str(k).lower(): v for k, v in (aliases or {}).items()})
-
-    @_named("choice")
-    def conv(value):
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            key = str(value).strip().lower()
-            if key in table:
-                return table[key]
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {_shown(value)}")
-    conv.choices = choices
-    return conv
-
-
-def _split(value):
-    text = value.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return [t for t in text.replace(",", " ").split()]
-
-
-def _list(elem, length=None, min_length=0, unique=False):
-    """A list of ``elem``: a YAML list/scalar, or one comma-separated command-line token."""
-    @_named(f"list of {elem.__name__}")
-    def conv(value):
-        if isinstance(value, str):
-            items = _split(value)
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            items = [value]
-        else:
-            raise argparse.ArgumentTypeError(f"expected a list of {elem.__name__}s, got {_shown(value)}")
-        try:
-            out = [elem(v) for v in items]
-        except argparse.ArgumentTypeError as err:
-            raise argparse.ArgumentTypeError(f"in list {_shown(value)}: {err}") from None
-        if length is not None and len(out) != length:
-            raise argparse.ArgumentTypeError(
-                f"expected a list of {length} {elem.__name__}s, got {len(out)}: {_shown(value)}")
-        if len(out) < min_length:
-            raise argparse.ArgumentTypeError(
-                f"expected at least {min_length} {elem.__name__}s, got {_shown(value)}")
-        if unique and len(set(out)) != len(out):
-            raise argparse.ArgumentTypeError(f"expected distinct values, got {_shown(value)}")
-        return out
-    return conv
-
-
-def _int_or_list(lo=None):
-    """``r_tokens``: one int, or a list of ints (one per block)."""
-    one = _int(lo=lo)
-    many = _list(_int(lo=lo), min_length=1)
-
-    @_named("int or list of ints")
-    def conv(value):
-        if isinstance(value, (list, tuple)) or (isinstance(value, str) and len(_split(value)) > 1):
-            return many(value)
-        if isinstance(value, str) and value.strip().startswith("["):
-            return many(value)
-        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-            return one(value)  # its message has the range
-        raise argparse.ArgumentTypeError(f"expected an int or a list of ints, got {_shown(value)}")
-    return conv
-
-
-def _optional(fn):
-    """``fn`` that also accepts None / 'none' / 'null' / '' (meaning: unset)."""
-    @_named(f"{fn.__name__} or none")
-    def conv(value):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-            return None
-        return fn(value)
-    conv.choices = getattr(fn, "choices", None)
-    return conv
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,111 +71,111 @@ def build_parser():
                         help="YAML recipe (flat mapping of option: value) used as defaults")
 
     g = parser.add_argument_group("system")
-    _add(g, "device_target", _choice("CPU", "GPU", "Ascend", "auto"), "CPU",
+    _add(g, "device_target", choice("CPU", "GPU", "Ascend", "auto"), "CPU",
          "backend device; auto = Ascend, else GPU, else CPU (whichever this MindSpore can load)")
-    _add(g, "device_id", _int(lo=0), 0, "device index (single-device runs)")
-    _add(g, "mode", _choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
+    _add(g, "device_id", int_type(lo=0), 0, "device index (single-device runs)")
+    _add(g, "mode", choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
          "execution mode (0/1 are accepted as MindSpore's GRAPH_MODE/PYNATIVE_MODE)")
-    _add(g, "jit_level", _optional(_choice("O0", "O1", "O2")), None,
+    _add(g, "jit_level", optional(choice("O0", "O1", "O2")), None,
          "graph compile level (jit_config jit_level); none = MindSpore's default for the backend")
     _add(g, "distribute", str2bool, False, "data-parallel training over all launched devices (msrun/mpirun)")
-    _add(g, "seed", _int(lo=0), 42, "random seed")
-    _add(g, "output_dir", _str, "outputs/run", "directory for logs, checkpoints and the saved config")
+    _add(g, "seed", int_type(lo=0), 42, "random seed")
+    _add(g, "output_dir", str_type, "outputs/run", "directory for logs, checkpoints and the saved config")
 
     g = parser.add_argument_group("model")
-    _add(g, "model", _str, "ppt_deit_small_patch16_224", "registered model name")
-    _add(g, "num_classes", _int(lo=1), 1000, "number of classes")
+    _add(g, "model", str_type, "ppt_deit_small_patch16_224", "registered model name")
+    _add(g, "num_classes", int_type(lo=1), 1000, "number of classes")
     _add(g, "pretrained", str2bool, False,
          "load published weights by name (no download exists: convert weights and use checkpoint_path)")
-    _add(g, "checkpoint_path", _optional(_str), None,
+    _add(g, "checkpoint_path", optional(str_type), None,
          "MindSpore checkpoint to initialise the model from (e.g. converted DeiT weights)")
-    _add(g, "r_tokens", _optional(_int_or_list(lo=0)), None,
+    _add(g, "r_tokens", optional(int_or_list(lo=0)), None,
          "tokens removed in each block of pp_loc_list: an int, or one int per block (0 = dense); "
          "none = the model's default (ppt_*: 50)")
-    _add(g, "pp_loc_list", _optional(_list(_int(lo=0), unique=True)), None,
+    _add(g, "pp_loc_list", optional(list_of(int_type(lo=0), unique=True)), None,
          "0-indexed blocks that compress tokens, e.g. 3,6,9; none = the model's default")
-    _add(g, "threshold", _optional(_float(lo=0.0)), None,
+    _add(g, "threshold", optional(float_type(lo=0.0)), None,
          "policy threshold on the score variance used in training (below: pool, else prune); "
          "none = the model's default (ppt_*: 7e-5)")
-    _add(g, "eval_threshold", _optional(_float(lo=0.0)), None,
+    _add(g, "eval_threshold", optional(float_type(lo=0.0)), None,
          "threshold used for evaluation; none = same as threshold")
-    _add(g, "prop_attn", _optional(str2bool), None,
+    _add(g, "prop_attn", optional(str2bool), None,
          "proportional attention (log of token sizes added to the logits); none = the model's default")
-    _add(g, "drop_rate", _float(0.0, 1.0), 0.0, "dropout rate")
-    _add(g, "drop_path_rate", _float(0.0, 1.0), 0.1, "stochastic depth rate (linearly increasing per block)")
-    _add(g, "img_size", _optional(_int(lo=1)), None, "model input resolution; none = image_size")
+    _add(g, "drop_rate", float_type(0.0, 1.0), 0.0, "dropout rate")
+    _add(g, "drop_path_rate", float_type(0.0, 1.0), 0.1, "stochastic depth rate (linearly increasing per block)")
+    _add(g, "img_size", optional(int_type(lo=1)), None, "model input resolution; none = image_size")
     _add(g, "ema", str2bool, False, "keep an exponential moving average of the weights")
-    _add(g, "ema_decay", _float(0.0, 1.0), 0.99996, "EMA decay per step (DeiT: 0.99996)")
+    _add(g, "ema_decay", float_type(0.0, 1.0), 0.99996, "EMA decay per step (DeiT: 0.99996)")
 
     g = parser.add_argument_group("data")
-    _add(g, "data_dir", _str, "data/imagenet", "dataset root holding the train/val split folders")
-    _add(g, "train_split", _str, "train", "training split sub-directory")
-    _add(g, "val_split", _str, "val", "validation split sub-directory")
-    _add(g, "num_parallel_workers", _int(lo=1), 4, "data-loading workers per device")
-    _add(g, "batch_size", _int(lo=1), 128, "batch size per device")
-    _add(g, "image_size", _int(lo=1), 224, "train crop / eval image size")
-    _add(g, "interpolation", _choice("bilinear", "bicubic", "nearest"), "bicubic",
+    _add(g, "data_dir", str_type, "data/imagenet", "dataset root holding the train/val split folders")
+    _add(g, "train_split", str_type, "train", "training split sub-directory")
+    _add(g, "val_split", str_type, "val", "validation split sub-directory")
+    _add(g, "num_parallel_workers", int_type(lo=1), 4, "data-loading workers per device")
+    _add(g, "batch_size", int_type(lo=1), 128, "batch size per device")
+    _add(g, "image_size", int_type(lo=1), 224, "train crop / eval image size")
+    _add(g, "interpolation", choice("bilinear", "bicubic", "nearest"), "bicubic",
          "resize interpolation")
-    _add(g, "scale", _list(_float(lo=0.0, lo_open=True), length=2), [0.08, 1.0],
+    _add(g, "scale", list_of(float_type(lo=0.0, lo_open=True), length=2), [0.08, 1.0],
          "RandomResizedCrop area scale range (min,max)")
-    _add(g, "ratio", _list(_float(lo=0.0, lo_open=True), length=2), [0.75, 1.3333333333333333],
+    _add(g, "ratio", list_of(float_type(lo=0.0, lo_open=True), length=2), [0.75, 1.3333333333333333],
          "RandomResizedCrop aspect ratio range (min,max)")
-    _add(g, "hflip", _float(0.0, 1.0), 0.5, "horizontal flip probability")
-    _add(g, "auto_augment", _optional(_str), "rand-m9-mstd0.5-inc1",
+    _add(g, "hflip", float_type(0.0, 1.0), 0.5, "horizontal flip probability")
+    _add(g, "auto_augment", optional(str_type), "rand-m9-mstd0.5-inc1",
          "timm-style augmentation policy (rand-m9-mstd0.5-inc1 is DeiT's RandAugment); none = off")
-    _add(g, "color_jitter", _optional(_float(lo=0.0)), 0.4,
+    _add(g, "color_jitter", optional(float_type(lo=0.0)), 0.4,
          "color jitter strength (like timm, not applied when auto_augment is set); none = off")
-    _add(g, "re_prob", _float(0.0, 1.0), 0.25, "random erasing probability")
-    _add(g, "mixup", _float(lo=0.0), 0.8, "mixup alpha (0 = off)")
-    _add(g, "cutmix", _float(lo=0.0), 1.0, "cutmix alpha (0 = off)")
-    _add(g, "mixup_prob", _float(0.0, 1.0), 1.0, "probability of applying mixup or cutmix to a batch")
-    _add(g, "mixup_switch_prob", _float(0.0, 1.0), 0.5,
+    _add(g, "re_prob", float_type(0.0, 1.0), 0.25, "random erasing probability")
+    _add(g, "mixup", float_type(lo=0.0), 0.8, "mixup alpha (0 = off)")
+    _add(g, "cutmix", float_type(lo=0.0), 1.0, "cutmix alpha (0 = off)")
+    _add(g, "mixup_prob", float_type(0.0, 1.0), 1.0, "probability of applying mixup or cutmix to a batch")
+    _add(g, "mixup_switch_prob", float_type(0.0, 1.0), 0.5,
          "probability of cutmix instead of mixup when both are on")
-    _add(g, "label_smoothing", _float(0.0, 1.0), 0.1, "label smoothing")
-    _add(g, "crop_pct", _float(lo=0.0, hi=1.0, lo_open=True), 0.875,
+    _add(g, "label_smoothing", float_type(0.0, 1.0), 0.1, "label smoothing")
+    _add(g, "crop_pct", float_type(lo=0.0, hi=1.0, lo_open=True), 0.875,
          "eval: resize to image_size / crop_pct, then center-crop image_size")
     _add(g, "repeated_aug", str2bool, False, "repeated augmentation sampler (DeiT; 3 repeats)")
-    _add(g, "mean", _list(_float(), length=3), [0.485, 0.456, 0.406],
+    _add(g, "mean", list_of(float_type(), length=3), [0.485, 0.456, 0.406],
          "normalisation mean in [0, 1] units (multiply by 255 for uint8 pipelines)")
-    _add(g, "std", _list(_float(lo=0.0, lo_open=True), length=3), [0.229, 0.224, 0.225],
+    _add(g, "std", list_of(float_type(lo=0.0, lo_open=True), length=3), [0.229, 0.224, 0.225],
          "normalisation std in [0, 1] units")
 
     g = parser.add_argument_group("optimizer")
-    _add(g, "opt", _choice("adamw", "sgd", "momentum"), "adamw", "optimizer")
-    _add(g, "lr", _optional(_float(lo=0.0)), None,
+    _add(g, "opt", choice("adamw", "sgd", "momentum"), "adamw", "optimizer")
+    _add(g, "lr", optional(float_type(lo=0.0)), None,
          "absolute peak learning rate; when set, lr_per_512 is ignored")
-    _add(g, "lr_per_512", _optional(_float(lo=0.0)), 5e-4,
+    _add(g, "lr_per_512", optional(float_type(lo=0.0)), 5e-4,
          "peak learning rate per 512 images: lr = lr_per_512 * batch_size * devices / 512 (DeiT rule)")
-    _add(g, "weight_decay", _float(lo=0.0), 0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
+    _add(g, "weight_decay", float_type(lo=0.0), 0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
     _add(g, "filter_bias_and_bn", str2bool, True,
          "no weight decay for biases, 1-D parameters (norms), pos_embed and cls_token")
-    _add(g, "momentum", _float(0.0, 1.0), 0.9, "momentum for sgd/momentum")
-    _add(g, "betas", _list(_float(0.0, 1.0), length=2), [0.9, 0.999], "AdamW beta1,beta2")
-    _add(g, "eps", _float(lo=0.0, lo_open=True), 1e-8, "AdamW epsilon")
+    _add(g, "momentum", float_type(0.0, 1.0), 0.9, "momentum for sgd/momentum")
+    _add(g, "betas", list_of(float_type(0.0, 1.0), length=2), [0.9, 0.999], "AdamW beta1,beta2")
+    _add(g, "eps", float_type(lo=0.0, lo_open=True), 1e-8, "AdamW epsilon")
 
     g = parser.add_argument_group("schedule")
-    _add(g, "scheduler", _choice("cosine", "constant"), "cosine", "learning-rate schedule after warmup")
-    _add(g, "epoch_size", _int(lo=1), 300, "number of training epochs")
-    _add(g, "warmup_epochs", _float(lo=0.0), 5.0, "linear warmup length in epochs (per-step, may be fractional)")
-    _add(g, "min_lr", _float(lo=0.0), 1e-5, "final learning rate of the cosine (absolute, not scaled)")
-    _add(g, "warmup_lr", _float(lo=0.0), 1e-6, "learning rate at the first warmup step (absolute)")
+    _add(g, "scheduler", choice("cosine", "constant"), "cosine", "learning-rate schedule after warmup")
+    _add(g, "epoch_size", int_type(lo=1), 300, "number of training epochs")
+    _add(g, "warmup_epochs", float_type(lo=0.0), 5.0, "linear warmup length in epochs (per-step, may be fractional)")
+    _add(g, "min_lr", float_type(lo=0.0), 1e-5, "final learning rate of the cosine (absolute, not scaled)")
+    _add(g, "warmup_lr", float_type(lo=0.0), 1e-6, "learning rate at the first warmup step (absolute)")
 
     g = parser.add_argument_group("train")
-    _add(g, "amp_level", _choice("O0", "O1", "O2", "O3"), "O0", "mixed precision level")
-    _add(g, "loss_scale_type", _choice("fixed", "dynamic", "none"), "none", "loss scaling")
-    _add(g, "loss_scale", _float(lo=0.0, lo_open=True), 1024.0,
+    _add(g, "amp_level", choice("O0", "O1", "O2", "O3"), "O0", "mixed precision level")
+    _add(g, "loss_scale_type", choice("fixed", "dynamic", "none"), "none", "loss scaling")
+    _add(g, "loss_scale", float_type(lo=0.0, lo_open=True), 1024.0,
          "fixed loss scale, or the initial scale for dynamic")
-    _add(g, "clip_grad", _float(lo=0.0), 0.0, "clip gradients to this global L2 norm (0 = off)")
-    _add(g, "ckpt_path", _optional(_str), None, "checkpoint to evaluate")
-    _add(g, "resume", _optional(_str), None, "training checkpoint to resume from (weights, optimizer, epoch)")
-    _add(g, "save_every", _int(lo=1), 1, "save a checkpoint every N epochs")
-    _add(g, "log_interval", _int(lo=1), 50, "log every N training steps / evaluation batches (when not on a "
+    _add(g, "clip_grad", float_type(lo=0.0), 0.0, "clip gradients to this global L2 norm (0 = off)")
+    _add(g, "ckpt_path", optional(str_type), None, "checkpoint to evaluate")
+    _add(g, "resume", optional(str_type), None, "training checkpoint to resume from (weights, optimizer, epoch)")
+    _add(g, "save_every", int_type(lo=1), 1, "save a checkpoint every N epochs")
+    _add(g, "log_interval", int_type(lo=1), 50, "log every N training steps / evaluation batches (when not on a "
          "terminal, where evaluation shows one live line)")
-    _add(g, "val_interval", _int(lo=1), 1, "validate every N epochs")
-    _add(g, "keep_checkpoints", _int(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
+    _add(g, "val_interval", int_type(lo=1), 1, "validate every N epochs")
+    _add(g, "keep_checkpoints", int_type(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
 
     g = parser.add_argument_group("eval")
-    _add(g, "metrics_out", _optional(_str), None, "write evaluation metrics to this JSON file")
+    _add(g, "metrics_out", optional(str_type), None, "write evaluation metrics to this JSON file")
     return parser
 
 

@@ -7,10 +7,19 @@ source line it comes from. Each primitive is then looked up in MindSpore's own d
 installed: the ``Supported Platforms:`` section of the primitive's class docstring, else of the
 function its docstring refers to (``Refer to :func:`mindspore.ops.xxx```). ``op_support_extra.yaml``
 (next to this file) covers what has no such docstring -- graph-only nodes (``Load``, ``UpdateState``,
-``MakeTuple``, ``TupleGetItem``), the scalar forms ``Muls``/``Divs`` and gradient primitives -- each
-entry citing the documentation page it comes from.
+``MakeTuple``, ``TupleGetItem``), the control-flow ``Switch``, the scalar forms ``Muls``/``Divs``/``LessScalar``
+and gradient primitives -- each entry citing the documentation page it comes from.
 
-Used by ``tests/test_op_support.py`` and ``tools/op_support.py`` (which prints the README table).
+The graphs are the evaluation network and the trainer's own training step
+(:func:`mindppt.engine.trainer.build_train_step`) with dynamic loss scaling, gradient clipping and EMA on,
+under the recipes' O2 mixed precision (:func:`build_graph_cells`). One piece of that step is not
+device-independent: ``mindspore.amp.all_finite`` chooses its primitives by backend when the graph is
+built (CPU: ``IsFinite``/``ReduceAll``/``AddN``/``LessScalar``; GPU: ``FloatStatus``; Ascend:
+``NPUGetFloatStatusV2``/``NPUClearFloatStatusV2`` or ``AllFinite``), so compiled here the table holds its CPU
+form; the public ``all_finite`` is documented for Ascend, GPU and CPU.
+
+Used by ``tests/test_op_support.py`` and ``tools/op_support.py`` (which writes the table of
+docs/ascend_gpu.md).
 """
 import glob
 import os
@@ -18,14 +27,21 @@ import re
 import tempfile
 from collections import OrderedDict
 
+import mindspore as ms
 import numpy as np
 import yaml
+from mindspore import ops
 
-import mindspore as ms
-from mindspore import nn, ops
+from mindppt.config import parse_args
+from mindppt.engine.build import build_model
+from mindppt.engine.schedule import create_lr_schedule, resolve_lr
+from mindppt.engine.trainer import build_train_step
+from mindppt.models import fused_cpu
+from mindppt.models.amp import apply_amp
 
 PLATFORMS = ("Ascend", "GPU", "CPU")
 EXTRA_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "op_support_extra.yaml")
+BASES = ("documented", "virtual", "control_flow", "gradient")
 
 _NODE = re.compile(r"^\s*%\d+\([^)]*\) = (?:PrimFunc_)?([A-Za-z_][A-Za-z0-9_]*)\(")
 _SCOPE = re.compile(r"# Fullname with scope: \((.*)\)")
@@ -111,33 +127,47 @@ def collect_primitives(cell, *inputs, project_root=None):
 # The graphs we ship
 # --------------------------------------------------------------------------------------------
 
-def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O0",
-                      amp_dtype=ms.float16, drop_path_rate=0.1, **model_kwargs):
-    """``{"eval": (cell, inputs), "train": (cell, inputs)}`` for ``model_name``: the inference
-    network, and one training step (``nn.TrainOneStepCell`` with the project's AdamWeightDecay
-    optimizer with a per-step lr list, the soft-target cross entropy and the DeiT recipe's drop path),
-    both after ``apply_amp``."""
-    from mindppt.models import create_model  # pylint: disable=import-outside-toplevel
-    from mindppt.engine.optim import create_optimizer  # pylint: disable=import-outside-toplevel
-    from mindppt.engine.train_step import NetWithLoss, SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
-    from mindppt.models.amp import apply_amp  # pylint: disable=import-outside-toplevel
+# The training features of the recipes, all on, so that their primitives are checked: dynamic loss
+# scaling (the recipes' default; all_finite and nn.DynamicLossScaleUpdateCell), global-norm gradient
+# clipping and the EMA of the weights (both options of every recipe).
+TRAIN_OPTIONS = ("--loss_scale_type", "dynamic", "--clip_grad", "1.0", "--ema", "true")
 
+
+def recipe_args(model_name, *, img_size=224, num_classes=1000, amp_level="O2", options=TRAIN_OPTIONS):
+    """The configuration namespace of a training run of ``model_name`` (the parser's defaults, i.e. the
+    DeiT recipe's optimizer, drop path and schedule) with ``options`` (command-line style) on top."""
+    return parse_args(["--model", model_name, "--image_size", str(img_size), "--num_classes", str(num_classes),
+                       "--amp_level", amp_level, *options])
+
+
+def recipe_lr_values(args):
+    """The recipe's per-step learning rates (warmup + cosine), at one step per epoch."""
+    return create_lr_schedule(base_lr=resolve_lr(args), min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+                              warmup_epochs=args.warmup_epochs, epochs=args.epoch_size, steps_per_epoch=1,
+                              scheduler=args.scheduler)
+
+
+def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O2",
+                      amp_dtype=ms.float16, options=TRAIN_OPTIONS):
+    """``{"eval": (cell, inputs), "train": (cell, inputs)}`` for ``model_name``: the evaluation network
+    and the trainer's own training step (:func:`mindppt.engine.trainer.build_train_step`: ``TrainStep``
+    with the recipe's AdamW on a per-step lr table, soft-target cross entropy, drop path, and with
+    ``options`` -- by default dynamic loss scaling, gradient clipping and EMA), both built by the
+    trainer's ``build_model`` and put under ``apply_amp(amp_level, amp_dtype)`` as the trainer does.
+    The inputs are images and soft targets of shape ``(batch_size, num_classes)``, as the training
+    pipeline (mixup / label smoothing) feeds them."""
+    args = recipe_args(model_name, img_size=img_size, num_classes=num_classes, amp_level=amp_level,
+                       options=options)
     images = ms.Tensor(np.zeros((batch_size, 3, img_size, img_size), np.float32))
     targets = ms.Tensor(np.full((batch_size, num_classes), 1.0 / num_classes, np.float32))
 
-    from mindppt.models import fused_cpu  # pylint: disable=import-outside-toplevel
-
     with fused_cpu.disabled():  # the portable graph that Ascend and GPU run (fused kernels are CPU-only)
-        eval_model = create_model(model_name, num_classes=num_classes, img_size=img_size, **model_kwargs)
-        train_model = create_model(model_name, num_classes=num_classes, img_size=img_size,
-                                   drop_path_rate=drop_path_rate, **model_kwargs)
-    eval_net = apply_amp(eval_model, amp_level, amp_dtype)
+        eval_model = build_model(args, for_eval=True, with_weights=False)
+        train_model = build_model(args)
+    eval_net = apply_amp(eval_model, args.amp_level, amp_dtype)
     eval_net.set_train(False)
 
-    train_net = apply_amp(train_model, amp_level, amp_dtype)
-    optimizer = create_optimizer(train_model.trainable_params(), opt="adamw",
-                                 lr=np.linspace(1e-4, 1e-5, 10).astype(np.float32), weight_decay=0.05)
-    step = nn.TrainOneStepCell(NetWithLoss(train_net, SoftTargetCrossEntropy()), optimizer)
+    step = build_train_step(apply_amp(train_model, args.amp_level, amp_dtype), args, recipe_lr_values(args))
     step.set_train(True)
     return {"eval": (eval_net, (images,)), "train": (step, (images, targets))}
 
@@ -213,7 +243,7 @@ def load_extra(path=EXTRA_TABLE):
             raise ValueError(f"{path}: entry {name!r} lacks {', '.join(missing)}")
         if not str(entry["source"]).startswith("https://"):
             raise ValueError(f"{path}: entry {name!r} must cite a documentation URL, got {entry['source']!r}")
-        if entry["basis"] not in ("documented", "virtual", "gradient"):
+        if entry["basis"] not in BASES:
             raise ValueError(f"{path}: entry {name!r} has unknown basis {entry['basis']!r}")
         if entry["basis"] == "gradient" and "forward" not in entry:
             raise ValueError(f"{path}: gradient entry {name!r} must name its forward primitive")
@@ -230,8 +260,8 @@ def documented_platforms(name, extra=None):
     extra = load_extra() if extra is None else extra
     if name in extra:
         entry = extra[name]
-        label = {"virtual": "graph-only node", "gradient": f"bprop of {entry.get('forward')}",
-                 "documented": "documented"}[entry["basis"]]
+        label = {"virtual": "graph-only node", "control_flow": "control flow",
+                 "gradient": f"bprop of {entry.get('forward')}", "documented": "documented"}[entry["basis"]]
         return tuple(entry["platforms"]), f"{label}: {entry['source']}"
     return None, f"{where}, and no entry in {os.path.basename(EXTRA_TABLE)}"
 
@@ -259,7 +289,7 @@ def describe(row, max_origins=3):
 
 
 def markdown_table(rows):
-    """The README table: primitive, Ascend, GPU, CPU, where it is documented."""
+    """The docs/ascend_gpu.md table: primitive, Ascend, GPU, CPU, where it is documented."""
     out = ["| primitive | Ascend | GPU | CPU | documented in |", "| --- | :-: | :-: | :-: | --- |"]
     for name, platforms, source, _ in rows:
         marks = ["yes" if platforms and p in platforms else "**no**" for p in PLATFORMS]

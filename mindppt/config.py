@@ -9,7 +9,8 @@ Value syntax (command line and YAML alike):
 
 * booleans: ``true/false/1/0/yes/no/on/off`` (any case); on the command line ``--ema`` alone means true.
 * lists: a YAML list, or one comma-separated token on the command line (``--pp_loc_list 3,6,9``,
-  ``--scale 0.08,1.0``); ``r_tokens`` takes an int (every block in ``pp_loc_list``) or one int per block.
+  ``--scale 0.08,1.0``); ``r_tokens`` takes an int (every block in ``pp_loc_list``) or one int per block;
+  ``threshold`` and ``eval_threshold`` a float (every compression block) or one float per compression block.
 * optional values: ``none`` / ``null`` / an empty string (``--lr none``, ``auto_augment: null``) unset them.
 
 Learning rate: ``lr`` is absolute and wins when set. Otherwise ``lr = lr_per_512 * global_batch / 512``
@@ -31,6 +32,7 @@ from mindppt.errors import ConfigError
 from mindppt.io import atomic_write
 from mindppt.option_types import (
     choice,
+    float_or_list,
     float_type,
     int_or_list,
     int_type,
@@ -40,8 +42,8 @@ from mindppt.option_types import (
     str_type,
 )
 
-__all__ = ["build_parser", "parse_args", "load_config", "validate_config", "save_config", "default_config",
-           "str2bool", "given_options", "ineffective_options"]
+__all__ = ["EVAL_TOOLS", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
+           "default_config", "str2bool", "given_options", "ineffective_options"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,11 +96,11 @@ def build_parser():
          "none = the model's default (ppt_*: 50)")
     _add(g, "pp_loc_list", optional(list_of(int_type(lo=0), unique=True)), None,
          "0-indexed blocks that compress tokens, e.g. 3,6,9; none = the model's default")
-    _add(g, "threshold", optional(float_type(lo=0.0)), None,
-         "policy threshold on the score variance used in training (below: pool, else prune); "
-         "none = the model's default (ppt_*: 7e-5)")
-    _add(g, "eval_threshold", optional(float_type(lo=0.0)), None,
-         "threshold used for evaluation; none = same as threshold")
+    _add(g, "threshold", optional(float_or_list(lo=0.0)), None,
+         "policy threshold on the score variance used in training (below: pool, else prune): a float, or one "
+         "per compression block (e.g. 3e-3,2e-3,1e-3); none = the model's default (ppt_*: 7e-5)")
+    _add(g, "eval_threshold", optional(float_or_list(lo=0.0)), None,
+         "threshold used for evaluation (a float or one per compression block); none = same as threshold")
     _add(g, "prop_attn", optional(str2bool), None,
          "proportional attention (log of token sizes added to the logits); none = the model's default")
     _add(g, "drop_rate", float_type(0.0, 1.0), 0.0, "dropout rate")
@@ -294,8 +296,13 @@ EVAL_ONLY = frozenset(("ckpt_path", "metrics_out"))
 # tools/demo.py trains a dense and a PPT model into its own folders and evaluates their final weights.
 DEMO_FIXED = frozenset(("model", "r_tokens", "output_dir", "ckpt_path", "metrics_out", "resume", "distribute",
                         "checkpoint_path"))
+# Tools that evaluate a checkpoint and read no training option.
+EVAL_TOOLS = ("eval", "analyze", "sweep")
+# tools/sweep.py sets these per setting from its own options.
+SWEEP_FIXED = {"r_tokens": "use --r", "threshold": "use --thresholds", "eval_threshold": "use --thresholds"}
 TOOL_HINTS = {
     ("eval", "threshold"): "use --eval_threshold",
+    ("analyze", "threshold"): "use --eval_threshold",
     ("train", "ckpt_path"): "to start from weights use --checkpoint_path, to continue a run --resume",
     ("train", "metrics_out"): "training writes its metrics to output_dir/train.log",
 }
@@ -317,14 +324,18 @@ def given_options(argv, parser=None):
 
 def ineffective_options(args, given, tool=None):
     """``{option: why it would do nothing}`` for each option in ``given`` (set on the command line) that
-    ``tool`` ("train", "eval", "demo" or None for no tool check) does not read, or that another setting
-    shadows. Call before the 'same as' defaults are resolved (eval_threshold, img_size)."""
+    ``tool`` ("train", "eval", "analyze", "sweep", "demo" or None for no tool check) does not read, or that
+    another setting shadows. Call before the 'same as' defaults are resolved (eval_threshold, img_size)."""
     out = {}
     for key in given:
         harmless = (key == "threshold" and args.eval_threshold is None) or (key == "distribute" and not args.distribute)
-        if tool == "eval" and key in TRAIN_ONLY and not harmless:
+        if tool == "sweep" and key in SWEEP_FIXED:
+            out[key] = f"is set by each setting of the sweep; {SWEEP_FIXED[key]}"
+        elif tool in EVAL_TOOLS and key in TRAIN_ONLY and not harmless:
             hint = TOOL_HINTS.get((tool, key), "remove it")
-            out[key] = f"is a training option that tools/eval.py does not use; {hint}"
+            out[key] = f"is a training option that tools/{tool}.py does not use; {hint}"
+        elif tool in ("analyze", "sweep") and key == "metrics_out":
+            out[key] = f"is an option of tools/eval.py; tools/{tool}.py writes its numbers into --out"
         elif tool == "demo" and key in DEMO_FIXED:
             out[key] = "is set by the demo itself (a dense and a PPT digits ViT, trained from scratch into " \
                        "outputs/demo); run tools/train.py or tools/eval.py to choose it"
@@ -350,10 +361,10 @@ def ineffective_options(args, given, tool=None):
         ("min_lr", args.scheduler == "constant", "scheduler is constant; min_lr is the end of --scheduler "
                                                  "cosine"),
         ("jit_level", args.mode == "pynative", "mode is pynative; jit_level applies to --mode graph"),
-        ("device_id", args.distribute and tool != "eval", "distribute is on: each process uses its rank's "
+        ("device_id", args.distribute and tool not in EVAL_TOOLS, "distribute is on: each process uses its rank's "
                                                           "device"),
-        ("checkpoint_path", tool == "eval" and args.ckpt_path is not None,
-         f"tools/eval.py loads ckpt_path ({args.ckpt_path}); pass the weights with --ckpt_path"),
+        ("checkpoint_path", tool in EVAL_TOOLS and args.ckpt_path is not None,
+         f"tools/{tool}.py loads ckpt_path ({args.ckpt_path}); pass the weights with --ckpt_path"),
     )
     dense = args.r_tokens is not None and not any(
         args.r_tokens if isinstance(args.r_tokens, list) else [args.r_tokens])
@@ -368,9 +379,9 @@ def ineffective_options(args, given, tool=None):
 
 def parse_args(argv=None, tool=None):
     """Parse ``argv`` (default sys.argv[1:]): defaults < YAML of -c/--config < command line.
-    With ``tool`` ("train", "eval" or "demo"), a command-line option that tool would not use, or that another
-    setting shadows, is an error. User errors exit with status 2 and a message. Returns an
-    argparse.Namespace."""
+    With ``tool`` ("train", "eval", "analyze", "sweep" or "demo"), a command-line option that tool would not
+    use, or that another setting shadows, is an error. User errors exit with status 2 and a message. Returns
+    an argparse.Namespace."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)

@@ -5,8 +5,8 @@ string to PyYAML) and ``--threshold 6e-5`` become the same float."""
 import argparse
 import math
 
-__all__ = ["str2bool", "int_type", "float_type", "str_type", "choice", "list_of", "int_or_list", "optional",
-           "split_list", "NONE_WORDS"]
+__all__ = ["str2bool", "int_type", "float_type", "str_type", "choice", "list_of", "one_or_list", "int_or_list",
+           "float_or_list", "optional", "split_list", "NONE_WORDS"]
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -142,21 +142,30 @@ def list_of(elem, length=None, min_length=0, unique=False):
     return conv
 
 
+def one_or_list(elem, what):
+    """One ``elem`` value, or a list of them (a YAML list, a ``[...]`` or a comma-separated command-line
+    token); ``what`` names the pair in messages, e.g. "int or list of ints"."""
+    many = list_of(elem, min_length=1)
+
+    @_named(what)
+    def conv(value):
+        if isinstance(value, (list, tuple)) or (isinstance(value, str) and (
+                len(split_list(value)) > 1 or value.strip().startswith("["))):
+            return many(value)
+        if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return elem(value)  # its message has the range
+        raise argparse.ArgumentTypeError(f"expected an {what}, got {_shown(value)}")
+    return conv
+
+
 def int_or_list(lo=None):
     """``r_tokens``: one int, or a list of ints (one per block)."""
-    one = int_type(lo=lo)
-    many = list_of(int_type(lo=lo), min_length=1)
+    return one_or_list(int_type(lo=lo), "int or list of ints")
 
-    @_named("int or list of ints")
-    def conv(value):
-        if isinstance(value, (list, tuple)) or (isinstance(value, str) and len(split_list(value)) > 1):
-            return many(value)
-        if isinstance(value, str) and value.strip().startswith("["):
-            return many(value)
-        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-            return one(value)  # its message has the range
-        raise argparse.ArgumentTypeError(f"expected an int or a list of ints, got {_shown(value)}")
-    return conv
+
+def float_or_list(lo=None):
+    """``threshold``: one float, or a list of floats (one per compression block)."""
+    return one_or_list(float_type(lo=lo), "float or list of floats")
 
 
 def optional(fn):

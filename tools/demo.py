@@ -21,12 +21,10 @@ import time
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
-import numpy as np  # noqa: E402
-
 from mindppt.data import write_digits_imagefolder  # noqa: E402
-from mindppt.engine.build import create_eval_loader  # noqa: E402
+from mindppt.engine.build import create_eval_loader, describe_threshold  # noqa: E402
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
-from mindppt.engine.evaluate import measure_throughput, run_eval  # noqa: E402
+from mindppt.engine.evaluate import paired_throughput, run_eval  # noqa: E402
 from mindppt.engine.trainer import train  # noqa: E402
 from mindppt.io import atomic_write  # noqa: E402
 from mindppt.models import inspect_compression  # noqa: E402
@@ -48,18 +46,6 @@ def policy_counts(model, loader, block_names):
             pooled[info["block"]] += int(info["pooled"].sum())
         total += images.shape[0]
     return {f"block_{b}": {"pooled": pooled[b], "pruned": total - pooled[b]} for b in block_names}
-
-
-def paired_throughput(models, *, batch_size, image_size, rounds=3, repeats=8):
-    """Median forward img/s of each model, measured alternately (round robin) after a warm-up."""
-    samples = {name: [] for name in models}
-    for name, model in models.items():
-        measure_throughput(model, batch_size=batch_size, image_size=image_size, repeats=1, warmup=2)
-    for _ in range(rounds):
-        for name, model in models.items():
-            samples[name].append(measure_throughput(model, batch_size=batch_size, image_size=image_size,
-                                                    repeats=repeats, warmup=1))
-    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def main(argv=None):
@@ -115,7 +101,7 @@ def main(argv=None):
     print(f"(img/s: forward pass, batch {batch}, median of rounds measured alternately in one process)")
     print(f"tokens after each block: dense {dense['tokens_per_block']}, PPT {ppt['tokens_per_block']}")
     policy = ", ".join(f"{b}: {v['pooled']} pooled / {v['pruned']} pruned" for b, v in ppt["policy"].items())
-    print(f"PPT policy on the validation images (threshold {ppt['threshold']:g}): {policy}")
+    print(f"PPT policy on the validation images (threshold {describe_threshold(ppt['threshold'])}): {policy}")
 
     checks = [
         (f"dense top-1 >= {TARGET_TOP1:g}%", dense["top1"] >= TARGET_TOP1, f"{dense['top1']:.2f}%"),

@@ -16,8 +16,8 @@ from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
 
 __all__ = ["setup", "init_distributed", "make_reduce_sum", "model_kwargs", "build_model",
-           "build_eval_model", "create_train_loaders", "create_eval_loader", "r_clamps", "describe_r_clamps",
-           "warn_clamped_r_tokens", "apply_amp"]
+           "build_eval_model", "threshold_setting", "describe_threshold", "create_train_loaders",
+           "create_eval_loader", "r_clamps", "describe_r_clamps", "warn_clamped_r_tokens", "apply_amp"]
 
 
 def setup(args, device_id=None):
@@ -103,7 +103,7 @@ def build_model(args, for_eval=False, with_weights=True):
 def build_eval_model(args):
     """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path`` (else
     ``args.checkpoint_path``), AMP applied. Returns ``(model, info)``; ``info`` has ``gmacs``,
-    ``params_m``, ``ckpt_path``, ``token_schedule`` and ``threshold`` (None for a dense model)."""
+    ``params_m``, ``ckpt_path``, ``token_schedule`` and ``threshold`` (see :func:`threshold_setting`)."""
     path = args.ckpt_path or args.checkpoint_path
     if not path:
         raise ConfigError("no weights to evaluate: pass --ckpt_path (a checkpoint written by tools/train.py, or "
@@ -113,9 +113,24 @@ def build_eval_model(args):
     info = {"gmacs": model_gmacs(model),
             "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
             "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
-            "threshold": next((blk.compression.threshold for blk in model.blocks if blk.compression is not None),
-                              None)}
+            "threshold": threshold_setting(model)}
     return apply_amp(model, args.amp_level), info
+
+
+def threshold_setting(model):
+    """The model's threshold as a config would state it: None for a dense model, one number when every
+    compression block uses it, else the list with one value per compression block."""
+    values = getattr(model, "thresholds", [])
+    if not values:
+        return None
+    return values[0] if len(set(values)) == 1 else list(values)
+
+
+def describe_threshold(threshold):
+    """``7e-05`` or ``[0.003, 0.002] (per block)`` for messages."""
+    if isinstance(threshold, (list, tuple)):
+        return "[" + ", ".join(f"{t:g}" for t in threshold) + "] (per block)"
+    return f"{threshold:g}"
 
 
 def _loader_options(args, rank, group_size):

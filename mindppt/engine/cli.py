@@ -1,4 +1,4 @@
-"""Shared command-line plumbing of ``tools/train.py`` and ``tools/eval.py``: parse the config, run, and
+"""Shared command-line plumbing of the tools (train, eval, analyze, sweep, demo): parse the config, run, and
 turn user errors into one ``error: ...`` line with exit status 2 (no traceback).
 
 Exit statuses: 0 success; 2 a user error (config, data, checkpoint); 1 training failed (non-finite
@@ -18,21 +18,28 @@ import logging
 import sys
 import warnings
 
-from mindppt.config import parse_args
+from mindppt.config import EVAL_TOOLS, parse_args
 from mindppt.device import resolve_device_target
 from mindppt.errors import USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted
 
 __all__ = ["parse_cli", "run_tool"]
 
 
-def parse_cli(argv=None, tool=None):
-    """:func:`mindppt.config.parse_args` for ``tool`` ("train", "eval", "demo"), then the device check
-    (``device_target`` must be loadable by this MindSpore; ``auto`` is resolved and recorded in
+def parse_cli(argv=None, tool=None, tool_parser=None):
+    """:func:`mindppt.config.parse_args` for ``tool`` ("train", "eval", "analyze", "sweep", "demo"), then the
+    device check (``device_target`` must be loadable by this MindSpore; ``auto`` is resolved and recorded in
     ``args.device_target``). A usage error raises CliError with argparse's message instead of printing
-    the (long) usage text and exiting; an unavailable device raises DeviceUnavailableError."""
+    the (long) usage text and exiting; an unavailable device raises DeviceUnavailableError.
+
+    ``tool_parser``: an ``argparse.ArgumentParser`` of the tool's own options (``--out``, ...), parsed
+    first; the rest of ``argv`` is the configuration. Then ``(args, tool_args)`` is returned."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stderr(buffer):
+            tool_args = None
+            if tool_parser is not None:
+                tool_args, argv = tool_parser.parse_known_args(argv)
             args = parse_args(argv, tool=tool)
     except SystemExit as e:
         text = buffer.getvalue()
@@ -43,9 +50,9 @@ def parse_cli(argv=None, tool=None):
         message = lines[-1].split(": error: ", 1)[1] if lines else text.strip().splitlines()[-1]
         raise CliError(message) from None
     cpu_flags = ["--amp_level O0" if args.amp_level != "O0" else "",
-                 "--loss_scale_type none" if args.loss_scale_type != "none" and tool != "eval" else ""]
+                 "--loss_scale_type none" if args.loss_scale_type != "none" and tool not in EVAL_TOOLS else ""]
     args.device_target = resolve_device_target(args.device_target, " ".join(f for f in cpu_flags if f))
-    return args
+    return args if tool_parser is None else (args, tool_args)
 
 
 def _one_line(message):

@@ -13,14 +13,16 @@ import numpy as np
 
 from mindppt.logger import Progress
 
-from .build import build_eval_model, create_eval_loader
+from .build import build_eval_model, create_eval_loader, describe_threshold
 
-__all__ = ["evaluate", "measure_throughput", "format_metrics_table", "run_eval", "METRIC_KEYS"]
+__all__ = ["evaluate", "measure_throughput", "paired_throughput", "pad_batch", "format_metrics_table", "run_eval",
+           "METRIC_KEYS"]
 
 METRIC_KEYS = ("top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples")
 
 
-def _pad(images, batch_size):
+def pad_batch(images, batch_size):
+    """``images`` with zero images appended up to ``batch_size`` (one compiled graph for every batch)."""
     b = images.shape[0]
     if b >= batch_size:
         return images
@@ -60,7 +62,7 @@ def evaluate(model, loader, *, batch_size, all_reduce=None, progress=None):
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader.create_tuple_iterator(num_epochs=1, output_numpy=True)):
         b = images.shape[0]
-        batch = ms.Tensor(_pad(np.ascontiguousarray(images, dtype=np.float32), batch_size))
+        batch = ms.Tensor(pad_batch(np.ascontiguousarray(images, dtype=np.float32), batch_size))
         t0 = time.perf_counter()
         logits = model(batch).asnumpy()[:b]
         dt = time.perf_counter() - t0
@@ -109,6 +111,19 @@ def measure_throughput(model, *, batch_size, image_size, in_channels=3, repeats=
     return batch_size / float(np.median(times))
 
 
+def paired_throughput(models, *, batch_size, image_size, in_channels=3, rounds=3, repeats=8):
+    """Median forward img/s of each model of ``{name: model}``, measured alternately (round robin, after a
+    warm-up) so that load from other processes hits all of them alike."""
+    samples = {name: [] for name in models}
+    options = dict(batch_size=batch_size, image_size=image_size, in_channels=in_channels)
+    for model in models.values():
+        measure_throughput(model, repeats=1, warmup=2, **options)
+    for _ in range(rounds):
+        for name, model in models.items():
+            samples[name].append(measure_throughput(model, repeats=repeats, warmup=1, **options))
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
 def _fmt(value, digits):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -140,7 +155,7 @@ def run_eval(args, logger=None):
     loader, num_samples = create_eval_loader(args)
     progress = None
     if logger is not None:
-        compression = "dense" if info["threshold"] is None else f"PPT threshold {info['threshold']:g}"
+        compression = "dense" if info["threshold"] is None else f"PPT threshold {describe_threshold(info['threshold'])}"
         logger.info("evaluating %s (%s, tokens after each block %s) with the %sweights of %s on %d images of "
                     "%s/%s, %s mode on %s", args.model, compression, [n for _, n in info["token_schedule"]],
                     "EMA " if args.ema else "", info["ckpt_path"], num_samples, args.data_dir, args.val_split,

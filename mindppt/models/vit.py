@@ -3,6 +3,7 @@
 Written for graph mode on every backend: static shapes, and the op choices that measured fastest on
 the CPU backend (patch embedding as one matmul, unstacked q/k/v, BatchMatMul attention).
 """
+import math
 import weakref
 
 import mindspore as ms
@@ -217,6 +218,22 @@ class Block(nn.Cell):
         return x, size, source, info
 
 
+def normalise_thresholds(threshold, compression_blocks):
+    """One threshold per compression block: a number applies to every block, a sequence must have one
+    value per block of ``compression_blocks``."""
+    blocks = list(compression_blocks)
+    if isinstance(threshold, (list, tuple, np.ndarray)):
+        values = [float(t) for t in threshold]
+        if len(values) != len(blocks):
+            raise ValueError(f"threshold as a list needs one value per compression block ({len(blocks)}: blocks "
+                             f"{blocks}), got {len(values)}: {list(threshold)}")
+    else:
+        values = [float(threshold)] * len(blocks)
+    if any(math.isnan(t) or t < 0 for t in values):
+        raise ValueError(f"threshold must be >= 0 (0 = always prune, inf = always pool), got {threshold}")
+    return values
+
+
 def normalise_r_tokens(r_tokens, depth, pp_loc_list):
     """Per-block list of tokens to remove: an int applies to every block in ``pp_loc_list``."""
     pp_loc_list = tuple(int(i) for i in pp_loc_list)
@@ -236,7 +253,8 @@ def normalise_r_tokens(r_tokens, depth, pp_loc_list):
 
 class VisionTransformer(nn.Cell):
     """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
-    the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model."""
+    the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model. ``threshold``: one number for
+    every compression block, or one value per compression block."""
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
@@ -258,20 +276,21 @@ class VisionTransformer(nn.Cell):
         self.pos_drop = Dropout(drop_rate)
 
         self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
+        self.token_schedule = []  # (tokens in, tokens out) per block
+        for r in self.r_per_block:
+            self.token_schedule.append((num_tokens, num_tokens - effective_r(num_tokens, r)))
+            num_tokens = self.token_schedule[-1][1]
+        thresholds = dict(zip(self.compression_blocks, normalise_thresholds(threshold, self.compression_blocks)))
         drop_path = np.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
-        self.token_schedule = []  # (tokens in, tokens out) per block
         sizes_vary = False  # sizes stay 1 (log 0) until the first compression
-        for i in range(depth):
-            r = effective_r(num_tokens, self.r_per_block[i])
+        for i, (n_in, n_out) in enumerate(self.token_schedule):
             compression = None
-            if r > 0:
-                compression = TokenCompression(num_tokens, r, threshold, trace_source)
+            if i in thresholds:
+                compression = TokenCompression(n_in, n_in - n_out, thresholds[i], trace_source)
             blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
                                 drop_path[i], prop_attn and sizes_vary, compression))
-            self.token_schedule.append((num_tokens, num_tokens - r))
-            num_tokens -= r
-            sizes_vary = sizes_vary or r > 0
+            sizes_vary = sizes_vary or compression is not None
         self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(embed_dim)
         self.head_drop = Dropout(drop_rate)
@@ -289,12 +308,18 @@ class VisionTransformer(nn.Cell):
     def compression_blocks(self):
         return [i for i, (n_in, n_out) in enumerate(self.token_schedule) if n_out < n_in]
 
+    @property
+    def thresholds(self):
+        """The prune/pool threshold of each compression block (in block order)."""
+        return [self.blocks[i].compression.threshold for i in self.compression_blocks]
+
     def set_threshold(self, threshold):
-        """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate). The threshold is a
-        (non-trainable) Parameter, so compiled graphs see the new value without recompiling."""
-        for blk in self.blocks:
-            if blk.compression is not None:
-                blk.compression.threshold = float(threshold)
+        """Change the prune/pool threshold (e.g. 6e-5 to train, 7e-5 to evaluate): a number for every
+        compression block, or one value per compression block. The threshold is a (non-trainable)
+        Parameter, so compiled graphs see the new value without recompiling."""
+        blocks = self.compression_blocks
+        for i, value in zip(blocks, normalise_thresholds(threshold, blocks)):
+            self.blocks[i].compression.threshold = value
 
     def forward_features(self, x):
         x = self.patch_embed(x)

@@ -1,0 +1,130 @@
+"""tools/sweep.py and mindppt.engine.sweep: settings, Pareto front, a row equal to a separate evaluation,
+resuming an interrupted sweep without recomputing its rows, and the accuracy-vs-GMACs plot."""
+import csv
+import math
+import os
+
+import pytest
+from analysis_helpers import eval_args, make_setup
+from PIL import Image
+from tool_helpers import ROOT, assert_error, run_tool
+
+import mindppt.engine.sweep as sweep_module
+from mindppt.engine.evaluate import run_eval
+from mindppt.engine.sweep import (
+    Setting,
+    compare_policies,
+    expand_settings,
+    pareto_front,
+    read_rows,
+    run_sweep,
+    write_reports,
+)
+from mindppt.errors import ConfigError
+from mindppt.plots import DPI, TRADEOFF_SIZE, tradeoff_figure
+
+SWEEP = os.path.join(ROOT, "tools", "sweep.py")
+THRESHOLD = 3e-6  # between the variances of the random-weight model, so the adaptive rows mix policies
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_setup(str(tmp_path_factory.mktemp("sweep")))
+
+
+def test_settings_dense_first_forced_policies_once():
+    settings = expand_settings([2, [0, 1, 1, 1, 0, 0]], [1e-3, 2e-3], [[1, 2, 3]], ["adaptive", "prune", "pool"])
+    assert settings[0] == Setting("dense")
+    assert len(settings) == 1 + 2 * (2 + 1 + 1)
+    assert Setting("prune", 2, (1, 2, 3), 0.0) in settings and Setting("pool", 2, (1, 2, 3), math.inf) in settings
+    assert Setting("pool", 2, (1, 2, 3), math.inf).key() == ("pool", "2", "1,2,3", "inf")
+    assert Setting("adaptive", (0, 1, 1, 1, 0, 0), None, (1e-3, 2e-3, 3e-3)).key() == (
+        "adaptive", "0,1,1,1,0,0", "default", "0.001,0.002,0.003")
+    with pytest.raises(ConfigError, match="compresses no tokens"):
+        expand_settings([0], [1e-3], None, ["prune"])
+
+
+def test_pareto_front_and_policy_comparison():
+    def row(policy, gmacs, top1, threshold=""):
+        return {"policy": policy, "r_tokens": "2", "pp_loc_list": "1,2,3", "threshold": threshold, "gmacs": gmacs,
+                "top1": top1}
+    rows = [row("dense", 1.0, 90.0), row("prune", 0.8, 85.0), row("pool", 0.8, 86.0), row("adaptive", 0.8, 87.0, "a"),
+            row("adaptive", 0.8, 84.0, "b"), row("prune", 0.7, 86.0)]
+    rows[-1]["r_tokens"] = "3"
+    front = pareto_front(rows)
+    assert [(r["policy"], r["gmacs"]) for r in front] == [("prune", 0.7), ("adaptive", 0.8), ("dense", 1.0)]
+    level = next(c for c in compare_policies(rows) if c["r_tokens"] == "2")
+    assert (level["prune"], level["pool"], level["adaptive_best"]) == (85.0, 86.0, 87.0)
+    assert level["adaptive_margin"] == pytest.approx(1.0) and level["adaptive_median"] == pytest.approx(85.5)
+
+
+def test_tradeoff_figure_size_and_points(tmp_path):
+    series = {"adaptive": [(0.8, 87.0), (0.8, 84.0), (0.6, 80.0)], "prune": [(0.8, 85.0), (0.6, 79.0)],
+              "pool": [(0.8, 86.0), (0.6, 78.0)]}
+    figure = tradeoff_figure(tmp_path / "plot.png", series, dense=(1.0, 90.0), front=[(0.6, 80.0), (1.0, 90.0)])
+    with Image.open(tmp_path / "plot.png") as png:
+        assert png.size == (round(TRADEOFF_SIZE[0] * DPI), round(TRADEOFF_SIZE[1] * DPI))
+    points = sum(len(c.get_offsets()) for c in figure.axes[0].collections)
+    assert points >= 7 + 1 + 2  # every setting, the dense star, the ringed front
+
+
+def test_sweep_row_equals_eval_and_an_interrupted_sweep_resumes(setup, tmp_path, monkeypatch):
+    config, ckpt = setup
+    args = eval_args(config, ckpt, tool="sweep")
+    settings = expand_settings([2], [THRESHOLD], [[1, 2, 3]], ["adaptive", "prune", "pool"])
+    calls = []
+    real_evaluate = sweep_module.evaluate
+
+    def interrupted(model, loader, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the third setting
+        calls.append(model)
+        return real_evaluate(model, loader, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "evaluate", interrupted)
+    out = str(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+    kept = read_rows(os.path.join(out, "sweep.csv"))
+    assert [r["policy"] for r in kept] == ["dense", "adaptive"]
+
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    rows = run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+    assert len(calls) == 2  # prune and pool only
+    assert [r["policy"] for r in rows] == ["dense", "adaptive", "prune", "pool"]
+    assert rows[:2] == kept  # finished rows are kept as they were
+    assert rows[2]["pooled_share"] == "0,0,0" and rows[3]["pooled_share"] == "1,1,1"
+    assert len({r["gmacs"] for r in rows[1:]}) == 1 and rows[0]["gmacs"] > rows[1]["gmacs"]
+
+    for row in (rows[1], rows[3]):  # a row equals tools/eval.py's numbers for the same setting
+        single = eval_args(config, ckpt, "--r_tokens", row["r_tokens"], "--pp_loc_list", row["pp_loc_list"],
+                           "--eval_threshold", row["threshold"], tool="eval")
+        metrics, _ = run_eval(single)
+        for key in ("top1", "top5", "gmacs", "num_samples"):
+            assert row[key] == pytest.approx(metrics[key], rel=1e-6), (row["policy"], key)
+        assert row["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+    record = write_reports(out, rows)
+    assert record["pareto_front"] and "adaptive_margin" in record["policy_comparison"][0]
+    for name in ("sweep.json", "sweep.txt", "sweep.png"):
+        assert os.path.exists(os.path.join(out, name))
+
+    with pytest.raises(ConfigError, match="holds a sweep of ckpt_path"):
+        read_rows(os.path.join(out, "sweep.csv"), model=args.model, ckpt_path="other.ckpt")
+
+
+def test_sweep_tool_resumes_from_its_csv(setup, tmp_path):
+    config, ckpt = setup
+    out = tmp_path / "out"
+    common = ("-c", config, "--ckpt_path", ckpt, "--out", out, "--r", "2", "--thresholds", str(THRESHOLD))
+    first = run_tool(SWEEP, *common, "--policy", "prune")
+    assert first.returncode == 0, first
+    assert "table, CSV, JSON and plot written" in first.stdout
+    second = run_tool(SWEEP, *common, "--policy", "prune", "pool")
+    assert second.returncode == 0, second
+    assert "3 settings, 2 already in" in second.stdout and "1 to run" in second.stdout
+    with open(out / "sweep.csv", newline="") as f:
+        assert [r["policy"] for r in csv.DictReader(f)] == ["dense", "prune", "pool"]
+    assert_error(run_tool(SWEEP, *common, "--eval_threshold", "1e-3"), "--eval_threshold", "use --thresholds")
+    assert_error(run_tool(SWEEP, *common, "--r", "x"), "--r", "'x'")

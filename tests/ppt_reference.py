@@ -142,6 +142,16 @@ def prune(x, size, source, scores, r):
     return x[kept], size[kept], source[kept], kept
 
 
+def similarity(k):
+    """ToMe's bipartite similarity for one image: keys k (H, N, D) averaged over heads, L2-normalised;
+    cosine similarity of A (even positions) to B (odd positions), (|A|, |B|), class-token row -inf."""
+    metric = k.mean(axis=0)  # (N, D)
+    metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
+    sim = metric[0::2] @ metric[1::2].T  # (|A|, |B|)
+    sim[0, :] = -np.inf  # class token never merged
+    return sim
+
+
 def pool(x, size, source, k, r):
     """ToMe bipartite soft matching (class token protected) + size-weighted merge, for one image.
 
@@ -151,12 +161,9 @@ def pool(x, size, source, k, r):
     then all B tokens in original order.
     """
     n = x.shape[0]
-    metric = k.mean(axis=0)  # (N, D)
-    metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
     a_pos = np.arange(0, n, 2)
     b_pos = np.arange(1, n, 2)
-    sim = metric[a_pos] @ metric[b_pos].T  # (|A|, |B|)
-    sim[0, :] = -np.inf  # class token never merged
+    sim = similarity(k)
     node_max = sim.max(axis=1)
     node_idx = sim.argmax(axis=1)  # first maximum on ties, like torch.max
     edge_idx = np.argsort(-node_max, kind="stable")
@@ -195,7 +202,7 @@ def compress(x, size, source, attn, k, v, r, threshold):
         x, size, source, kept = pool(x, size, source, k, r_eff)
     else:
         x, size, source, kept = prune(x, size, source, scores, r_eff)
-    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores,
+    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores, similarity=similarity(k),
                 source=source.copy(), kept=np.asarray(kept, dtype=np.int64))
     return x, size, source, info
 
@@ -264,7 +271,9 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
       'size': (B, N_out) float64, 'source': (B, N_out, N_original) int 0/1,
       'kept': (B, N_out) int, the index (in this block's input token order) each output token
       comes from (prune: the kept token; pool: the unmerged A token, or the B token),
-      'scores': (B, N_in) float64, the normalised significance scores (class token set to 2).
+      'scores': (B, N_in) float64, the normalised significance scores (class token set to 2),
+      'similarity': (B, ceil(N_in / 2), floor(N_in / 2)) float64, the A-to-B cosine similarity that
+      pooling matches on (class-token row -inf), whatever the policy.
     """
     images = np.asarray(images, dtype=np.float64)
     depth = _depth(params)
@@ -288,6 +297,7 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
             source=np.stack([it["source"] for it in items]).astype(np.int64),
             kept=np.stack([it["kept"] for it in items]).astype(np.int64),
             scores=np.stack([it["scores"] for it in items]).astype(np.float64),
+            similarity=np.stack([it["similarity"] for it in items]).astype(np.float64),
         ))
     return np.stack(all_logits), batched
 

@@ -1,17 +1,30 @@
 """mindppt against the independent NumPy reference of the spec (tests/ppt_reference.py), DeiT-S shapes,
-random weights, in GRAPH_MODE and PYNATIVE_MODE: dense, all-prune, all-pool and a mixed batch."""
+random weights, in GRAPH_MODE and PYNATIVE_MODE: dense, all-prune, all-pool and a mixed batch.
+
+The reference computes in float64, the model in float32 with the CPU's kernels (AVX2 or AVX-512 code
+paths, any thread count), so the significance scores and pooling similarities differ by float32
+rounding carried through up to nine blocks. Decisions are compared with tests/decision_checks.py: per
+run exactly (each run's decisions are the spec's rules on its own numbers), across runs exactly except
+where two candidates are tied within twice the measured score or similarity difference, at any block;
+the measured differences must be within FP32_SCORE_RTOL / FP32_SIM_ATOL. Logits are compared for the
+images whose decisions agree at every block (all of them in the dense case).
+"""
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
-
-from mindppt.models import create_model, inspect_compression
-from mindppt.models.ppt import is_runtime_setting
-from ppt_reference import deit_config, random_deit_params, reference_forward
+from decision_checks import FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe, score_errors
 from model_helpers import random_images
+from ppt_reference import deit_config, random_deit_params, reference_forward
+
+from mindppt.models import create_model
+from mindppt.models.ppt import is_runtime_setting
 
 NUM_CLASSES = 100
 CASES = {"dense": None, "all_prune": 0.0, "all_pool": 1e9, "mixed": "split"}
+# Scores and similarities may drift by decision_checks.FP32_SCORE_RTOL / FP32_SIM_ATOL (measured here:
+# 8e-6-1.8e-5 of the largest score, similarities 9e-7-2.4e-6). Logits of images whose decisions agree:
+# measured 8e-6-1e-5 of the largest logit, bound 10x that (the bound this test always had).
+LOGIT_RTOL = 1e-4
 WORST = {}
 _REFERENCE = {}
 
@@ -41,68 +54,37 @@ def run_case(case, setup):
     if threshold is None:
         kwargs = dict(r_tokens=0)
     else:
-        kwargs = dict(r_tokens=50, pp_loc_list=(3, 6, 9), threshold=split if threshold == "split" else threshold)
+        threshold = split if threshold == "split" else threshold
+        kwargs = dict(r_tokens=50, pp_loc_list=(3, 6, 9), threshold=threshold)
     if case not in _REFERENCE:
         _REFERENCE[case] = reference_forward(params, images, num_heads=6, **kwargs)
     ref_logits, ref_infos = _REFERENCE[case]
     model = load_params(create_model("ppt_deit_small_patch16_224", num_classes=NUM_CLASSES,
                                      trace_source=True, **kwargs), params)
-    logits, infos = inspect_compression(model, images)
-    return ref_logits, ref_infos, logits, infos
+    logits, infos = probe(model, images)
+    return (Run.from_model("mindppt", logits, infos, threshold),
+            Run.from_reference("reference", ref_logits, ref_infos, threshold))
 
 
-# Two pruned tokens whose float64 scores differ by less than this (relative) may come out in either
-# order: float32 through nine blocks carries about that much error (see the logit bound above).
-SCORE_TIE_RTOL = 1e-4
-
-
-def assert_same_tokens_up_to_score_ties(ours, ref):
-    """Last compression block: the same tokens with the same sizes and sources, in the same order except
-    that a pruned image may swap tokens whose reference scores tie within SCORE_TIE_RTOL. (Earlier
-    blocks must match exactly: their order decides the next block's bipartite split.)"""
-    for b in range(len(ref["kept"])):
-        kept, ref_kept = ours["kept"][b], ref["kept"][b]
-        differ = np.flatnonzero(kept != ref_kept)
-        if differ.size:
-            assert not ref["pool"][b], f"image {b}: pooled tokens differ at {differ}"
-            assert sorted(kept) == sorted(ref_kept), f"image {b}: a different set of tokens was kept"
-            scores = ref["scores"][b]
-            for j in differ:
-                gap = abs(scores[kept[j]] - scores[ref_kept[j]]) / scores[ref_kept[j]]
-                assert gap < SCORE_TIE_RTOL, f"image {b} position {j}: tokens {kept[j]}/{ref_kept[j]} gap {gap:.1e}"
-            TIE_SWAPS.append((b, [(int(kept[j]), int(ref_kept[j])) for j in differ]))
-            print(f"image {b}: tied tokens in the other order (ours/reference) {TIE_SWAPS[-1][1]}")
-        order, ref_order = np.argsort(kept), np.argsort(ref_kept)  # compare row by row, by token
-        np.testing.assert_array_equal(ours["size"][b][order], ref["size"][b][ref_order])
-        np.testing.assert_array_equal(ours["source"][b][order], ref["source"][b][ref_order])
-
-
-TIE_SWAPS = []
-
-
-def check(case, mode, ref_logits, ref_infos, logits, infos):
-    scale = np.abs(ref_logits).max()
-    err = float(np.abs(logits - ref_logits).max() / scale)
-    WORST[(case, mode)] = err
-    print(f"parity {case} {mode}: max |logit error| / max |logit| = {err:.2e}")
-    assert err < 1e-4
-    assert len(infos) == len(ref_infos)
-    for i, (ours, ref) in enumerate(zip(infos, ref_infos)):
-        assert ours["block"] == ref["block"]
-        np.testing.assert_array_equal(ours["pooled"], ref["pool"])
-        np.testing.assert_allclose(ours["variance"], ref["variance"], rtol=1e-3)
-        if i == len(infos) - 1:
-            assert_same_tokens_up_to_score_ties(ours, ref)
-            continue
-        np.testing.assert_array_equal(ours["kept"], ref["kept"])
-        np.testing.assert_array_equal(ours["size"], ref["size"])
-        np.testing.assert_array_equal(ours["source"], ref["source"])
+def check(case, mode, ours, ref):
+    log = []
+    agree = compare_runs(ours, ref, score_rtol=FP32_SCORE_RTOL, sim_atol=FP32_SIM_ATOL, log=log)
+    err = np.abs(ours.logits - ref.logits).max(axis=1) / np.abs(ref.logits).max()
+    WORST[(case, mode)] = float(err.max())
+    print(f"parity {case} {mode}: max |logit error| / max |logit| = {err.max():.2e}; score error / largest "
+          f"score per block {np.array2string(np.array(score_errors(ours, ref)), precision=1)}")
+    print("\n".join(log))
+    assert [b["block"] for b in ours.blocks] == [b["block"] for b in ref.blocks]
+    if agree.any():
+        assert err[agree].max() < LOGIT_RTOL, f"logits of images whose decisions agree: {err[agree]}"
+    if case == "dense":
+        assert not ours.blocks and agree.all()
     if case == "all_prune":
-        assert not any(info["pooled"].any() for info in infos)
+        assert not any(b["pooled"].any() for b in ours.blocks)
     if case == "all_pool":
-        assert all(info["pooled"].all() for info in infos)
+        assert all(b["pooled"].all() for b in ours.blocks)
     if case == "mixed":
-        assert 0 < infos[0]["pooled"].sum() < len(logits)
+        assert 0 < ref.blocks[0]["pooled"].sum() < len(ref.logits)  # and ours follows by the policy rule
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -115,20 +97,3 @@ def test_parity_graph_mode(case, setup):
 def test_parity_pynative_mode(case, setup, pynative):
     assert ms.get_context("mode") == ms.PYNATIVE_MODE
     check(case, "pynative", *run_case(case, setup))
-
-
-def test_tie_rule_accepts_only_swaps_of_tied_pruned_tokens():
-    scores = np.array([[2.0, 0.30, 0.300001, 0.2, 0.1999]])
-    ref = dict(kept=np.array([[0, 1, 2, 3]]), pool=np.array([False]), scores=scores,
-               size=np.ones((1, 4)), source=np.eye(5)[[0, 1, 2, 3]][None])
-
-    def ours(kept):
-        return dict(kept=np.array([kept]), size=np.ones((1, 4)), source=np.eye(5)[kept][None])
-
-    assert_same_tokens_up_to_score_ties(ours([0, 2, 1, 3]), ref)  # 0.30 vs 0.300001: a tie
-    with pytest.raises(AssertionError, match="gap"):
-        assert_same_tokens_up_to_score_ties(ours([0, 1, 3, 2]), ref)  # 0.300001 vs 0.2: not a tie
-    with pytest.raises(AssertionError, match="different set"):
-        assert_same_tokens_up_to_score_ties(ours([0, 1, 2, 4]), ref)
-    with pytest.raises(AssertionError, match="pooled"):
-        assert_same_tokens_up_to_score_ties(ours([0, 2, 1, 3]), dict(ref, pool=np.array([True])))

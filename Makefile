@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: venv demo test lint benchmark clean
+.PHONY: venv demo test lint benchmark analyze clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ test: lint
 
 benchmark: $(STAMP)
 	$(RUN) $(VPY) tools/benchmark.py --models deit_small_patch16_224 ppt_deit_small_patch16_224 --batch_size 1 8 32
+
+# Off-the-shelf analysis on the built-in digits (README "Choosing r, blocks and the threshold"): the dense
+# 64-token digits ViT (trained once if outputs/analyze/dense/last.ckpt is absent), its score variances
+# per block with thresholds for a 50% pooled share, and the sweep of three policies over four r values.
+ANALYZE := configs/analyze_digits.yaml
+ANALYZE_CKPT := outputs/analyze/dense/last.ckpt
+analyze: $(STAMP)
+	$(RUN) $(VPY) -c "from mindppt.data import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
+	test -f $(ANALYZE_CKPT) || $(RUN) $(VPY) tools/train.py -c $(ANALYZE) --r_tokens 0
+	$(RUN) $(VPY) tools/analyze.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --target_pool_ratio 0.5 \
+		--out outputs/analyze/variance
+	$(RUN) $(VPY) tools/sweep.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --r 8 16 24 32 \
+		--thresholds 2e-4 5e-4 1e-3 --policy adaptive prune pool --out outputs/analyze/sweep
 
 clean:
 	rm -rf outputs

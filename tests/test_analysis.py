@@ -10,13 +10,7 @@ from analysis_helpers import eval_args, make_setup
 from PIL import Image
 from tool_helpers import ROOT, assert_error, run_tool
 
-from mindppt.engine.analysis import (
-    block_statistics,
-    calibrate_thresholds,
-    collect_decisions,
-    run_analysis,
-    threshold_for_share,
-)
+from mindppt.engine.analysis import block_statistics, calibrate_thresholds, collect_decisions, threshold_for_share
 from mindppt.engine.build import build_eval_model, create_eval_loader
 from mindppt.models import inspect_compression
 from mindppt.plots import variance_figure, variance_pixels
@@ -98,30 +92,22 @@ def test_variance_figure_has_expected_size_and_points(tmp_path):
         assert "mean variance" in ax.get_title()
 
 
-def test_run_analysis_writes_numbers_that_match_the_figure_data(setup, tmp_path):
-    args = eval_args(*setup, "--batch_size", "8", "--eval_threshold", "3e-6")
-    summary = run_analysis(args, str(tmp_path), max_images=20, target_shares=[0.25])
-    for name in ("variance.png", "variance.json", "variance_blocks.csv", "variance_images.csv", "calibrated.png",
-                 "calibrated_threshold.yaml", "summary.json"):
-        assert (tmp_path / name).exists(), name
-    record = json.loads((tmp_path / "calibrated.json").read_text())
-    assert [b["pooled"] for b in record["blocks"]] == [5, 5, 5]
-    assert summary["configured"]["thresholds"] == pytest.approx([3e-6] * 3)
-    lines = (tmp_path / "variance_images.csv").read_text().splitlines()
-    assert len(lines) == 21 and lines[0].startswith("image,label,variance_block1,policy_block1")
-    assert "eval_threshold: [" in (tmp_path / "calibrated_threshold.yaml").read_text()
-
-
-def test_analyze_tool(setup, tmp_path):
+def test_analyze_tool_writes_figure_numbers_and_calibration(setup, tmp_path):
     config, ckpt = setup
     out = tmp_path / "out"
-    result = run_tool(ANALYZE, "-c", config, "--ckpt_path", ckpt, "--batch_size", "8", "--out", out,
-                      "--target_pool_ratio", "0.3")
+    result = run_tool(ANALYZE, "-c", config, "--ckpt_path", ckpt, "--batch_size", "8", "--eval_threshold", "3e-6",
+                      "--max_images", "20", "--target_pool_ratio", "0.25", "--out", out)
     assert result.returncode == 0, result
-    assert "paste into a config:" in result.stdout and "eval_threshold:" in result.stdout
+    assert "paste into a config:" in result.stdout and "eval_threshold: [" in result.stdout
+    for name in ("variance.png", "variance.json", "variance_blocks.csv", "variance_images.csv", "calibrated.png",
+                 "calibrated_images.csv", "calibrated_threshold.yaml", "summary.json"):
+        assert (out / name).exists(), name
     with Image.open(out / "variance.png") as png:
         assert png.size == variance_pixels(3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 20 and summary["configured"]["thresholds"] == pytest.approx([3e-6] * 3)
+    assert [b["pooled"] for b in summary["calibrated"]["blocks"]] == [5, 5, 5]  # 0.25 of 20 images
+    lines = (out / "variance_images.csv").read_text().splitlines()
+    assert len(lines) == 21 and lines[0].startswith("image,label,variance_block1,policy_block1")
     bad = run_tool(ANALYZE, "-c", config, "--ckpt_path", ckpt, "--out", out, "--target_pool_ratio", "0.3", "0.4")
     assert_error(bad, "--target_pool_ratio", "one per compression block (3")
-    assert_error(run_tool(ANALYZE, "-c", config, "--ckpt_path", ckpt, "--out", out, "--lr", "1"),
-                 "--lr is a training option that tools/analyze.py does not use")

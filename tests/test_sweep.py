@@ -3,6 +3,7 @@ resuming an interrupted sweep without recomputing its rows, and the accuracy-vs-
 import csv
 import math
 import os
+import shutil
 
 import pytest
 from analysis_helpers import eval_args, make_setup
@@ -68,63 +69,70 @@ def test_tradeoff_figure_size_and_points(tmp_path):
     assert points >= 7 + 1 + 2  # every setting, the dense star, the ringed front
 
 
-def test_sweep_row_equals_eval_and_an_interrupted_sweep_resumes(setup, tmp_path, monkeypatch):
-    config, ckpt = setup
-    args = eval_args(config, ckpt, tool="sweep")
+@pytest.fixture(scope="module")
+def swept(setup, tmp_path_factory):
+    """An in-process sweep of dense, adaptive, prune and pool at r=2, interrupted (KeyboardInterrupt, as on
+    Ctrl-C) during its third setting, then run again: ``(out dir, rows kept, rows, evaluations on resume)``."""
+    args = eval_args(*setup, tool="sweep")
     settings = expand_settings([2], [THRESHOLD], [[1, 2, 3]], ["adaptive", "prune", "pool"])
-    calls = []
-    real_evaluate = sweep_module.evaluate
+    out = str(tmp_path_factory.mktemp("swept"))
+    real_evaluate, calls = sweep_module.evaluate, []
 
     def interrupted(model, loader, **kwargs):
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the third setting
-        calls.append(model)
+            raise KeyboardInterrupt
+        calls.append(1)
         return real_evaluate(model, loader, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "evaluate", interrupted)
-    out = str(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep_module, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
     kept = read_rows(os.path.join(out, "sweep.csv"))
-    assert [r["policy"] for r in kept] == ["dense", "adaptive"]
-
     calls.clear()
-    monkeypatch.setattr(sweep_module, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
-    rows = run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
-    assert len(calls) == 2  # prune and pool only
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep_module, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+        rows = run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+    return out, kept, rows, len(calls)
+
+
+def test_an_interrupted_sweep_resumes_without_recomputing_rows(swept):
+    out, kept, rows, evaluations = swept
+    assert [r["policy"] for r in kept] == ["dense", "adaptive"]
+    assert evaluations == 2  # prune and pool only
     assert [r["policy"] for r in rows] == ["dense", "adaptive", "prune", "pool"]
     assert rows[:2] == kept  # finished rows are kept as they were
     assert rows[2]["pooled_share"] == "0,0,0" and rows[3]["pooled_share"] == "1,1,1"
     assert len({r["gmacs"] for r in rows[1:]}) == 1 and rows[0]["gmacs"] > rows[1]["gmacs"]
+    record = write_reports(out, rows)
+    assert record["pareto_front"] and "adaptive_margin" in record["policy_comparison"][0]
+    for name in ("sweep.json", "sweep.txt", "sweep.png"):
+        assert os.path.exists(os.path.join(out, name))
+    identity = {"model": rows[0]["model"], "weights_sha256": "0" * 16, "data": rows[0]["data"]}
+    with pytest.raises(ConfigError, match="holds a sweep of weights_sha256"):  # e.g. retrained at the same path
+        read_rows(os.path.join(out, "sweep.csv"), identity)
 
-    for row in (rows[1], rows[3]):  # a row equals tools/eval.py's numbers for the same setting
-        single = eval_args(config, ckpt, "--r_tokens", row["r_tokens"], "--pp_loc_list", row["pp_loc_list"],
+
+def test_a_sweep_row_equals_a_separate_eval_run(setup, swept):
+    rows = swept[2]
+    for row in (rows[1], rows[3]):  # adaptive and pool-only, as tools/eval.py computes them
+        single = eval_args(*setup, "--r_tokens", row["r_tokens"], "--pp_loc_list", row["pp_loc_list"],
                            "--eval_threshold", row["threshold"], tool="eval")
         metrics, _ = run_eval(single)
         for key in ("top1", "top5", "gmacs", "num_samples"):
             assert row[key] == pytest.approx(metrics[key], rel=1e-6), (row["policy"], key)
         assert row["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
-    record = write_reports(out, rows)
-    assert record["pareto_front"] and "adaptive_margin" in record["policy_comparison"][0]
-    for name in ("sweep.json", "sweep.txt", "sweep.png"):
-        assert os.path.exists(os.path.join(out, name))
 
-    with pytest.raises(ConfigError, match="holds a sweep of ckpt_path"):
-        read_rows(os.path.join(out, "sweep.csv"), model=args.model, ckpt_path="other.ckpt")
-
-
-def test_sweep_tool_resumes_from_its_csv(setup, tmp_path):
+def test_sweep_tool_adds_settings_to_an_existing_table(setup, swept, tmp_path):
     config, ckpt = setup
-    out = tmp_path / "out"
-    common = ("-c", config, "--ckpt_path", ckpt, "--out", out, "--r", "2", "--thresholds", str(THRESHOLD))
-    first = run_tool(SWEEP, *common, "--policy", "prune")
-    assert first.returncode == 0, first
-    assert "table, CSV, JSON and plot written" in first.stdout
-    second = run_tool(SWEEP, *common, "--policy", "prune", "pool")
-    assert second.returncode == 0, second
-    assert "3 settings, 2 already in" in second.stdout and "1 to run" in second.stdout
-    with open(out / "sweep.csv", newline="") as f:
-        assert [r["policy"] for r in csv.DictReader(f)] == ["dense", "prune", "pool"]
-    assert_error(run_tool(SWEEP, *common, "--eval_threshold", "1e-3"), "--eval_threshold", "use --thresholds")
-    assert_error(run_tool(SWEEP, *common, "--r", "x"), "--r", "'x'")
+    shutil.copy(os.path.join(swept[0], "sweep.csv"), tmp_path / "sweep.csv")
+    result = run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "2", "--thresholds",
+                      str(THRESHOLD), "1.0", "--policy", "adaptive", "prune", "pool")
+    assert result.returncode == 0, result
+    assert "5 settings, 4 already in" in result.stdout and "1 to run" in result.stdout
+    assert "table, CSV, JSON and plot written" in result.stdout
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        assert [r["policy"] for r in csv.DictReader(f)] == ["dense", "adaptive", "prune", "pool", "adaptive"]
+    assert_error(run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "2",
+                          "--eval_threshold", "1e-3"), "--eval_threshold", "use --thresholds")

@@ -16,6 +16,7 @@ Every other --key value is a config option (as for tools/eval.py).
 """
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
@@ -44,6 +45,10 @@ def tool_parser():
     return p
 
 
+def interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None):
     args, opts = parse_cli(argv, tool="sweep", tool_parser=tool_parser())
     thresholds = opts.thresholds
@@ -54,14 +59,16 @@ def main(argv=None):
     pp_loc_lists = opts.pp_loc_list or ([args.pp_loc_list] if args.pp_loc_list is not None else None)
     settings = expand_settings(opts.r, thresholds, pp_loc_lists, list(dict.fromkeys(opts.policy)))
     logger = get_logger(None, 0, name="mindppt.sweep")
+    # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the sweep the same way.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         rows = run_sweep(args, settings, opts.out, logger)
     except KeyboardInterrupt:
         print(f"interrupted: finished rows are kept in {os.path.join(opts.out, 'sweep.csv')}; run the same command "
               "to continue", file=sys.stderr)
         raise
-    record = write_reports(opts.out, rows, title=f"{args.model}: top-1 against GMACs on {args.data_dir}/"
-                                                f"{args.val_split}")
+    record = write_reports(opts.out, rows, title=f"{args.model} at {args.img_size}px: top-1 against GMACs on "
+                                                f"{args.data_dir}/{args.val_split}")
     print(record["text"])
     print(f"table, CSV, JSON and plot written to {opts.out}")
     return 0

@@ -17,6 +17,7 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 from mindppt.device import setup_device  # noqa: E402
 from mindppt.errors import CheckpointError, DeviceUnavailableError  # noqa: E402
 from mindppt.models import create_model, inspect_compression  # noqa: E402
+from mindppt.option_types import float_or_list  # noqa: E402
 from mindppt.visualize import compression_figure  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -54,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="ppt_deit_small_patch16_224")
     p.add_argument("--ckpt_path", default="", help="weights (.ckpt, or any format convert_weights reads)")
     p.add_argument("--num_classes", type=int, default=1000)
-    p.add_argument("--threshold", type=float, default=None, help="prune/pool threshold (model default if unset)")
+    p.add_argument("--threshold", type=float_or_list(lo=0.0), default=None,
+                   help="prune/pool threshold, or one per compression block (a comma list); model default if unset")
     p.add_argument("--images", nargs="*", default=[])
     p.add_argument("--scale", type=int, default=2, help="magnification of the drawn images")
     p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"))

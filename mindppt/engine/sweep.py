@@ -12,6 +12,7 @@ sweep keeps what it finished, and running it again computes only the settings no
 """
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -31,14 +32,18 @@ from .analysis import collect_decisions
 from .build import build_eval_model, create_eval_loader
 from .evaluate import evaluate, paired_throughput
 
-__all__ = ["POLICIES", "FORCED_THRESHOLD", "COLUMNS", "Setting", "expand_settings", "read_rows", "write_rows",
+__all__ = ["POLICIES", "FORCED_THRESHOLD", "COLUMNS", "IDENTITY_COLUMNS", "Setting", "expand_settings", "file_digest",
+           "read_rows", "write_rows",
            "pareto_front", "compare_policies", "format_table", "format_comparison", "run_sweep",
            "write_reports"]
 
 POLICIES = ("adaptive", "prune", "pool")
 FORCED_THRESHOLD = {"prune": 0.0, "pool": math.inf}  # variance < 0 never holds, < inf always
 COLUMNS = ("policy", "r_tokens", "pp_loc_list", "threshold", "gmacs", "top1", "top5", "loss", "img_per_s",
-           "dense_img_per_s", "speedup", "pooled_share", "tokens_per_block", "num_samples", "model", "ckpt_path")
+           "dense_img_per_s", "speedup", "pooled_share", "tokens_per_block", "num_samples", "model", "ckpt_path",
+           "weights_sha256", "data")
+# What the rows of one table must share: a resumed sweep must not mix weights, models or data.
+IDENTITY_COLUMNS = ("model", "weights_sha256", "data")
 KEY_COLUMNS = COLUMNS[:4]
 NUMBER_COLUMNS = ("gmacs", "top1", "top5", "loss", "img_per_s", "dense_img_per_s", "speedup", "num_samples")
 
@@ -102,9 +107,19 @@ def _row_key(row):
     return tuple(row[c] for c in KEY_COLUMNS)
 
 
-def read_rows(path, *, model=None, ckpt_path=None):
-    """Rows of an existing ``sweep.csv`` (numbers as floats), or ``[]``. Rows of another model or
-    checkpoint are refused: their settings would be skipped as if done."""
+def file_digest(path):
+    """The first 16 hex digits of the SHA-256 of a file (a retrained checkpoint at the same path differs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def read_rows(path, identity=None):
+    """Rows of an existing ``sweep.csv`` (numbers as floats), or ``[]``. With ``identity`` (values of
+    :data:`IDENTITY_COLUMNS`), rows of another model, other weights or other data are refused: their
+    settings would be skipped as if done."""
     if not os.path.exists(path):
         return []
     try:
@@ -118,8 +133,8 @@ def read_rows(path, *, model=None, ckpt_path=None):
         raise ConfigError(f"{path} is not a sweep table of this version (columns {header}); use another --out "
                           f"or remove it")
     for row in rows:
-        for column, expected in (("model", model), ("ckpt_path", ckpt_path)):
-            if expected is not None and row[column] != str(expected):
+        for column, expected in (identity or {}).items():
+            if row[column] != str(expected):
                 raise ConfigError(f"{path} holds a sweep of {column} {row[column]!r}, not {str(expected)!r}; use "
                                   f"another --out, or remove the file to start over")
         for column in NUMBER_COLUMNS:
@@ -248,7 +263,11 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
     ones of ``settings``, in their order)."""
     csv_path = os.path.join(out_dir, "sweep.csv")
     weights = str(args.ckpt_path or args.checkpoint_path or "")
-    rows = read_rows(csv_path, model=args.model, ckpt_path=weights)
+    if not os.path.isfile(weights):
+        raise ConfigError(f"checkpoint not found: {weights!r} (pass the weights to sweep with --ckpt_path)")
+    identity = {"model": f"{args.model}@{args.img_size}px", "weights_sha256": file_digest(weights),
+                "data": os.path.join(args.data_dir, args.val_split)}
+    rows = read_rows(csv_path, identity)
     done = {_row_key(r) for r in rows}
     todo = [s for s in settings if s.key() not in done]
     if logger is not None:
@@ -283,7 +302,7 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
                        speedup=speeds["setting"] / speeds["dense"],
                        pooled_share=_pooled_share(model, loader, args.batch_size, setting),
                        tokens_per_block=",".join(str(n) for _, n in model.token_schedule),
-                       num_samples=float(metrics["num_samples"]), model=args.model, ckpt_path=weights)
+                       num_samples=float(metrics["num_samples"]), ckpt_path=weights, **identity)
             rows.append(row)
             write_rows(csv_path, rows)
             if logger is not None:

@@ -1,23 +1,31 @@
 """Model behaviour in GRAPH_MODE: registry, token schedule, per-image policy on mixed batches,
 size and source bookkeeping, and gradients through the compression."""
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
-from mindspore import nn
-
-from mindppt.models import create_model, list_models, inspect_compression
-from mindppt.models.flops import model_gmacs
 from decision_checks import FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe, stack_images
-from model_helpers import (FP16_GELU_TOL, FUSED_PHI_ULPS, GELU_GRAD_ATOL, MINDSPORE_PHI_ULPS, assert_gelu_close,
-                           exact_gelu, exact_gelu_grad, random_images, sharpen_attention)
+from mindspore import nn
+from model_helpers import (
+    FP16_GELU_TOL,
+    FUSED_PHI_ULPS,
+    GELU_GRAD_ATOL,
+    MINDSPORE_PHI_ULPS,
+    assert_gelu_close,
+    exact_gelu,
+    exact_gelu_grad,
+    random_images,
+    sharpen_attention,
+)
+
+from mindppt.models import create_model, inspect_compression, list_models
+from mindppt.models.flops import model_gmacs
 
 
 def test_registry_lists_every_variant():
-    names = set(list_models())
-    for size in ("tiny", "small", "base"):
-        assert f"deit_{size}_patch16_224" in names
-        assert f"ppt_deit_{size}_patch16_224" in names
+    sizes = ("tiny", "small", "base")
+    assert list_models() == sorted([f"deit_{size}_patch16_224" for size in sizes]
+                                   + [f"ppt_deit_{size}_patch16_224" for size in sizes]
+                                   + ["vit_digits_patch4_16", "ppt_vit_digits_patch4_16"])
     with pytest.raises(ValueError, match="ppt_deit_small_patch16_224"):
         create_model("ppt_deit_smal_patch16_224")
 
@@ -32,6 +40,13 @@ def test_parameter_names_follow_timm():
     assert params["head.weight"] == (10, 192)
     assert params["pos_embed"] == (1, 197, 192)
     assert params["cls_token"] == (1, 1, 192)
+    # exactly timm's names (and order): nothing renamed, nothing extra
+    per_block = [f"{layer}.{kind}" for layer in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+                 for kind in ("weight", "bias")]
+    timm = (["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+            + [f"blocks.{i}.{name}" for i in range(12) for name in per_block]
+            + ["norm.weight", "norm.bias", "head.weight", "head.bias"])
+    assert sorted(params) == sorted(timm)
     assert len(params) == 4 + 12 * 12 + 4
 
 
@@ -116,10 +131,47 @@ def test_sizes_and_source_bookkeeping(mixed_small):
             size, source = new_size, new_source
 
 
-def test_dense_has_no_compression_and_same_features_before_first_block():
+def _tokens_after_each_block(model, images):
+    """The tokens (B, N, C) each block outputs, captured with forward hooks (PyNative mode)."""
+    captured = []
+    handles = [blk.register_forward_hook(lambda cell, args, output: captured.append(output[0].asnumpy()))
+               for blk in model.blocks]
+    try:
+        model.set_train(False)
+        logits = model(ms.Tensor(images)).asnumpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(captured) == len(model.blocks)
+    return logits, captured
+
+
+def test_dense_has_no_compression_and_same_features_before_first_block(pynative):
+    """The dense DeiT has no compression cell anywhere; the PPT model with the same weights computes the
+    same tokens as the dense one up to its first compression block (3), and fewer tokens from there on."""
+    from mindppt.models.weights import copy_weights
+
     dense = create_model("deit_tiny_patch16_224", num_classes=10)
-    logits, infos = inspect_compression(dense, random_images(2, seed=3))
-    assert infos == [] and logits.shape == (2, 10)
+    assert all(blk.compression is None for blk in dense.blocks)
+    assert dense.compression_blocks == [] and all(n_in == n_out for n_in, n_out in dense.token_schedule)
+    assert not [name for name, _ in dense.parameters_and_names() if "compression" in name or "ppt" in name]
+
+    ppt = create_model("ppt_deit_tiny_patch16_224", num_classes=10)
+    copy_weights(dense, ppt)
+    assert ppt.compression_blocks == [3, 6, 9]
+    images = random_images(2, seed=3)
+    dense_logits, dense_tokens = _tokens_after_each_block(dense, images)
+    ppt_logits, ppt_tokens = _tokens_after_each_block(ppt, images)
+    assert [t.shape[1] for t in dense_tokens] == [197] * 12
+    assert [t.shape[1] for t in ppt_tokens] == [197, 197, 197, 147, 147, 147, 97, 97, 97, 49, 49, 49]
+    for block in range(3):
+        np.testing.assert_array_equal(ppt_tokens[block], dense_tokens[block], err_msg=f"block {block}")
+    assert dense_logits.shape == ppt_logits.shape == (2, 10)
+    assert not np.allclose(dense_logits, ppt_logits)  # the compression did change the result
+
+    logits, infos = inspect_compression(dense, images)  # and nothing to inspect
+    assert infos == []
+    np.testing.assert_allclose(logits, dense_logits, rtol=1e-5, atol=1e-6)
 
 
 def test_training_step_in_graph_mode_updates_every_block():
@@ -129,6 +181,8 @@ def test_training_step_in_graph_mode_updates_every_block():
     _, infos = inspect_compression(model, images)
     variances = np.sort(infos[0]["variance"])
     model.set_threshold(float(variances[1] + variances[2]) / 2)  # two images pool, two prune
+    _, infos = inspect_compression(model, images)
+    assert infos[0]["pooled"].sum() == 2
     before = {name: p.asnumpy().copy() for name, p in model.parameters_and_names()}
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-3)

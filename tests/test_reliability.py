@@ -4,7 +4,7 @@ Every case is fed through a real entry point, ``tools/train.py``, ``tools/eval.p
 ``tools/convert_weights.py``, each in its own subprocess. The tests check the exit status, that the one
 ``error:`` line names the culprit (file, key, value) and what was expected, and that no Python
 traceback is printed. Faults are real where that is possible: SIGTERM and SIGKILL are sent to a
-running training. Where it is not, the fault is injected from outside the code under test: a full
+running training (SIGINT too). Where it is not, the fault is injected from outside the code under test: a full
 disk and a SIGKILL in the middle of a save come from a small wrapper script that replaces
 ``mindspore.save_checkpoint`` and then runs ``tools/train.py`` unchanged.
 
@@ -12,51 +12,45 @@ Speed: a generated 3-class ImageFolder of 16x16 images (36 train, 12 val) and th
 (``vit_digits_patch4_16`` at 16x16 = 17 tokens) in GRAPH_MODE. A run of 2 epochs of 4 steps takes
 15-25 s, mostly graph compilation. All subprocesses of the selected tests start when the module's first
 test runs. They run in threads, at most ``MINDPPT_TEST_JOBS`` (default 3) at a time, and jobs that need
-another job's output wait for it. The README's "Reliability" section has the table of cases.
+another job's output wait for it. docs/reliability.md has the table of cases. The tools run through
+:func:`tool_helpers.run_tool` / :func:`tool_helpers.start_tool`; the base config is
+:data:`tool_helpers.BASE_CONFIG`.
 """
 import os
 import pickle
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zipfile
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
+from tool_helpers import (
+    CONVERT,
+    DEMO,
+    EVAL,
+    ROOT,
+    TOOL_TIMEOUT,
+    TRAIN,
+    ToolResult,
+    assert_error,
+    assert_no_traceback,
+    assert_same_state,
+    ckpt_arrays,
+    make_tiny_imagefolder,
+    run_tool,
+    start_tool,
+    write_config,
+)
 
-import mindspore as ms
-from train_helpers import assert_same_state, ckpt_arrays, make_tiny_imagefolder as make_imagefolder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "tools", "train.py")
-EVAL = os.path.join(ROOT, "tools", "eval.py")
-CONVERT = os.path.join(ROOT, "tools", "convert_weights.py")
-DEMO = os.path.join(ROOT, "tools", "demo.py")
 PAPER_RECIPE = os.path.join(ROOT, "configs", "ppt_deit_s.yaml")  # device_target Ascend, amp O2
-TIMEOUT = 480
 _SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("MINDPPT_TEST_JOBS", "3"))))
 
-# No random augmentation, no mixup, no drop path: a resumed run then ends with the same weights as an
-# uninterrupted one. PPT is on: blocks 1 and 2 remove 4 tokens each (17 -> 13 -> 9).
-BASE_CONFIG = {
-    "device_target": "CPU", "mode": "graph", "seed": 0,
-    "model": "vit_digits_patch4_16", "num_classes": 3, "r_tokens": 4, "pp_loc_list": [1, 2],
-    "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
-    "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
-    "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
-    "label_smoothing": 0.1, "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-    "opt": "adamw", "lr": 2.0e-3, "weight_decay": 0.05, "scheduler": "cosine", "epoch_size": 2,
-    "warmup_epochs": 0.5, "warmup_lr": 1.0e-4, "min_lr": 1.0e-5, "amp_level": "O0", "loss_scale_type": "none",
-    "log_interval": 1, "val_interval": 1, "save_every": 1, "keep_checkpoints": 0,
-}
 # Same seed, same machine: random crops, flips, RandAugment, erasing, mixup/cutmix, drop path and PPT
-# with an r_tokens the model has to clamp. One data worker: see the README (Reliability).
+# with an r_tokens the model has to clamp. One data worker: see docs/reliability.md (Limits).
 AUGMENTED = dict(scale=[0.5, 1.0], hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8,
                  cutmix=1.0, drop_path_rate=0.1, r_tokens=100)
 
@@ -119,64 +113,20 @@ def add_odd_files(root):
     return root
 
 
-def write_config(path, **overrides):
-    config = dict(BASE_CONFIG)
-    config.update(overrides)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    return str(path)
-
-
-def _env(extra=None):
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("GLOG_v", "3")  # MindSpore: errors only
-    for key, value in (extra or {}).items():  # None removes a variable
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-class Result:
-    """Outcome of one tool invocation."""
-
-    def __init__(self, argv, returncode, stdout, stderr, out=None):
-        self.argv, self.returncode, self.stdout, self.stderr, self.out = argv, returncode, stdout, stderr, out
-
-    @property
-    def text(self):
-        return self.stdout + self.stderr
-
-    def log(self):
-        with open(os.path.join(self.out, "train.log"), encoding="utf-8") as f:
-            return f.read()
-
-    def __repr__(self):
-        return f"<{' '.join(map(str, self.argv[1:]))}: exit {self.returncode}\n{self.stderr[-3000:]}>"
-
-
 def run(script, *argv, out=None, wrapper=None, env=None):
-    """Run a tool to completion (holding one of the job slots)."""
-    cmd = [sys.executable] + ([wrapper] if wrapper else []) + [script] + [str(a) for a in argv]
-    if out is not None:
-        cmd += ["--output_dir", str(out)]
+    """:func:`tool_helpers.run_tool`, holding one of the job slots."""
     with _SLOTS:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(env), cwd=ROOT)
-    return Result(cmd, proc.returncode, proc.stdout, proc.stderr, None if out is None else str(out))
+        return run_tool(script, *argv, out=out, wrapper=wrapper, env=env)
 
 
 def run_tty(script, *argv):
     """Run a tool with stdout and stderr on a pseudo-terminal, as in an interactive shell."""
-    import pty  # pylint: disable=import-outside-toplevel
+    import pty
 
-    cmd = [sys.executable, script] + [str(a) for a in argv]
     master, slave = pty.openpty()
     chunks = []
     with _SLOTS:
-        proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, env=_env(), cwd=ROOT)
+        proc = start_tool(script, *argv, stdout=slave, stderr=slave, text=False)
         os.close(slave)
         while True:
             try:
@@ -186,20 +136,18 @@ def run_tty(script, *argv):
             if not data:
                 break
             chunks.append(data)
-        returncode = proc.wait(timeout=TIMEOUT)
+        returncode = proc.wait(timeout=TOOL_TIMEOUT)
         os.close(master)
     text = b"".join(chunks).decode("utf-8", "replace")
-    return Result(cmd, returncode, text, "")
+    return ToolResult(proc.args, returncode, text, "")
 
 
 def run_and_signal(config, out, after, sig):
     """Start tools/train.py, send ``sig`` once ``after`` appears in its train.log, wait for it to exit."""
-    cmd = [sys.executable, TRAIN, "-c", config, "--output_dir", str(out)]
     log_path = os.path.join(out, "train.log")
     with _SLOTS:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                                cwd=ROOT)
-        deadline, sent = time.time() + TIMEOUT, False
+        proc = start_tool(TRAIN, "-c", config, out=out)
+        deadline, sent = time.time() + TOOL_TIMEOUT, False
         while time.time() < deadline and proc.poll() is None:
             if os.path.exists(log_path):
                 with open(log_path, encoding="utf-8") as f:
@@ -208,8 +156,8 @@ def run_and_signal(config, out, after, sig):
                         sent = True
                         break
             time.sleep(0.02)
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    result = Result(cmd, proc.returncode, stdout, stderr, str(out))
+        stdout, stderr = proc.communicate(timeout=TOOL_TIMEOUT)
+    result = ToolResult(proc.args, proc.returncode, stdout, stderr, str(out))
     assert sent, f"the run ended before {after!r} was logged: {result!r}"
     return result
 
@@ -222,21 +170,6 @@ def logged_losses(log_text):
 def ckpt_meta(path):
     state = ckpt_arrays(path)
     return int(state["meta_epoch"]), int(state["meta_step_in_epoch"]), int(state["meta_global_step"])
-
-
-def assert_no_traceback(result):
-    assert "Traceback" not in result.text, result
-
-
-def assert_error(result, *needles, status=2):
-    """Exit ``status``, no traceback, exactly one ``error:`` line on stderr containing every needle."""
-    assert result.returncode == status, result
-    assert_no_traceback(result)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result
-    for needle in needles:
-        assert str(needle) in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def checkpoint_files(directory):
@@ -279,7 +212,7 @@ class Jobs:
     def get(self, name):
         if name not in self._threads:
             self.start(name)
-        self._threads[name].join(TIMEOUT * 4)
+        self._threads[name].join(TOOL_TIMEOUT * 4)
         kind, value = self._results.get(name, ("error", TimeoutError(f"job {name} did not finish")))
         if kind == "error":
             raise value
@@ -320,7 +253,7 @@ def _write_pth(path, state):
 def prepare_inputs(workdir):
     """Everything the jobs read that does not come from a training run (written before any job starts)."""
     path = lambda *parts: os.path.join(workdir, *parts)  # noqa: E731
-    data = make_imagefolder(path("data"))
+    data = make_tiny_imagefolder(path("data"))
     write_config(path("base.yaml"), data_dir=data)
     write_config(path("augmented.yaml"), data_dir=data, **AUGMENTED)
     write_config(path("unknown_key.yaml"), data_dir=data, batchsize=16)
@@ -372,12 +305,23 @@ def job_determinism_b(jobs):
 
 
 def job_sigterm(jobs):
+    """Stop the base run with SIGTERM after step 2 of epoch 1, then resume its last.ckpt to the end."""
     out = jobs.path("sigterm")
     stopped = run_and_signal(_cfg(jobs), out, "epoch 1/2 step 2/4", signal.SIGTERM)
     last = os.path.join(out, "last.ckpt")
     where = ckpt_meta(last) if os.path.exists(last) else None
+    files = checkpoint_files(out) + partial_files(out)
     resumed = run(TRAIN, "-c", _cfg(jobs), "--resume", last, out=out)
-    return stopped, where, resumed
+    return stopped, where, files, resumed
+
+
+def job_sigint(jobs):
+    """The same stop with SIGINT (Ctrl-C). Not resumed: the checkpoint and the resume do not depend on
+    the signal, job_sigterm resumes."""
+    out = jobs.path("sigint")
+    stopped = run_and_signal(_cfg(jobs), out, "epoch 1/2 step 2/4", signal.SIGINT)
+    last = os.path.join(out, "last.ckpt")
+    return stopped, ckpt_meta(last) if os.path.exists(last) else None, checkpoint_files(out) + partial_files(out), None
 
 
 def job_kill9(jobs):
@@ -502,6 +446,14 @@ def job_resume_missing(jobs):
     return run(TRAIN, "-c", _cfg(jobs), "--resume", jobs.path("no_such", "last.ckpt"), out=jobs.path("rm"))
 
 
+def job_eval_missing_ckpt(jobs):
+    return run(EVAL, "-c", _cfg(jobs), "--ckpt_path", jobs.path("no_such", "last.ckpt"))
+
+
+def job_eval_without_weights(jobs):
+    return run(EVAL, "-c", _cfg(jobs))
+
+
 # --- configs and data that stop before training
 def job_unknown_key(jobs):
     return run(TRAIN, "-c", _cfg(jobs, "unknown_key.yaml"))
@@ -587,7 +539,8 @@ def job_paper_rule_clamp_eval(jobs):
 
 # Start order = priority: long chains first (the straight run feeds many others), quick ones last.
 JOBS = {
-    "straight": job_straight, "sigterm": job_sigterm, "kill9": job_kill9, "kill_in_save": job_kill_in_save,
+    "straight": job_straight, "sigterm": job_sigterm, "sigint": job_sigint, "kill9": job_kill9,
+    "kill_in_save": job_kill_in_save,
     "determinism_a": job_determinism_a, "determinism_b": job_determinism_b, "nonfinite": job_nonfinite,
     "disk_full": job_disk_full, "odd_files_train": job_odd_files_train,
     "odd_files_eval": job_odd_files_eval, "r_clamp_eval": job_r_clamp_eval,
@@ -596,7 +549,8 @@ JOBS = {
     "truncated_eval": job_truncated_eval, "truncated_resume": job_truncated_resume,
     "truncated_convert": job_truncated_convert, "unknown_keys_convert": job_unknown_keys_convert,
     "unknown_keys_eval": job_unknown_keys_eval, "evil_convert": job_evil_convert, "evil_eval": job_evil_eval,
-    "resume_missing": job_resume_missing, "unknown_key": job_unknown_key, "wrong_type": job_wrong_type,
+    "resume_missing": job_resume_missing, "eval_missing_ckpt": job_eval_missing_ckpt,
+    "eval_without_weights": job_eval_without_weights, "unknown_key": job_unknown_key, "wrong_type": job_wrong_type,
     "pp_loc_out_of_range": job_pp_loc_out_of_range, "missing_config": job_missing_config,
     "missing_data_dir": job_missing_data_dir, "missing_train_split": job_missing_train_split,
     "no_class_folders": job_no_class_folders, "empty_class": job_empty_class,
@@ -682,6 +636,12 @@ def test_paper_rule_clamp_is_reported_not_warned(jobs):
 def test_config_pp_loc_list_out_of_range(jobs):
     res = jobs.get("pp_loc_out_of_range")
     assert_error(res, "vit_digits_patch4_16", "pp_loc_list entry 9 is out of range", "blocks are 0..5")
+    assert not os.path.exists(res.out), "nothing is written for a run that never started"
+
+
+@needs("eval_without_weights")
+def test_eval_without_weights(jobs):
+    assert_error(jobs.get("eval_without_weights"), "no weights to evaluate", "--ckpt_path", "checkpoint_path")
 
 
 @needs("missing_config")
@@ -729,10 +689,11 @@ def test_data_corrupt_empty_nonimage_skipped_gray_rgba_converted(jobs):
     assert_no_traceback(res)
     log = res.log()
     for split in ("train", "val"):
-        lines = [line for line in log.splitlines() if f"skipped 4 unreadable files in {jobs.path('odd', split)}" in line]
+        skipped = f"skipped 4 unreadable files in {jobs.path('odd', split)}"
+        lines = [line for line in log.splitlines() if skipped in line]
         assert len(lines) == 1, log
-        for what in ("a_top/zero.png (zero bytes)", "a_top/garbage.png (corrupt image)", "a_top/notes.txt (not an image)",
-                     "a_top/cut.png (corrupt image"):
+        for what in ("a_top/zero.png (zero bytes)", "a_top/garbage.png (corrupt image)",
+                     "a_top/notes.txt (not an image)", "a_top/cut.png (corrupt image"):
             assert what in lines[0], (what, lines[0])
     # 36 + 12 good images, plus gray.png, rgba.png and cut.jpg in each split
     assert "39 train images (4 steps of 8" in log and "15 val images" in log
@@ -770,7 +731,8 @@ def test_checkpoint_truncated(jobs):
 @needs("unknown_keys_convert", "unknown_keys_eval")
 def test_checkpoint_pth_with_unknown_keys(jobs):
     src = jobs.path("unknown_keys.pth")
-    for name, model in (("unknown_keys_convert", "ppt_vit_digits_patch4_16"), ("unknown_keys_eval", "vit_digits_patch4_16")):
+    for name, model in (("unknown_keys_convert", "ppt_vit_digits_patch4_16"),
+                        ("unknown_keys_eval", "vit_digits_patch4_16")):
         assert_error(jobs.get(name), f"checkpoint {src} does not match model {model}",
                      "unexpected [extra_head.weight, blocks.7.attn.qkv.weight]")
     assert not os.path.exists(jobs.path("unknown_keys.ckpt"))
@@ -786,10 +748,11 @@ def test_checkpoint_pickle_that_runs_code_is_refused(jobs):
     assert not os.path.exists(jobs.path("evil.ckpt"))
 
 
-@needs("resume_missing")
-def test_resume_from_missing_path(jobs):
-    assert_error(jobs.get("resume_missing"), f"resume checkpoint {jobs.path('no_such', 'last.ckpt')}",
-                 "does not exist")
+@needs("resume_missing", "eval_missing_ckpt")
+def test_checkpoint_missing_path(jobs):
+    missing = jobs.path("no_such", "last.ckpt")
+    assert_error(jobs.get("resume_missing"), f"resume checkpoint {missing} does not exist")
+    assert_error(jobs.get("eval_missing_ckpt"), f"checkpoint {missing} does not exist")
 
 
 # ======================================================================================= training faults
@@ -805,22 +768,44 @@ def test_nonfinite_loss_stops_naming_step_and_last_good_checkpoint(jobs):
     assert checkpoint_files(res.out) == []
 
 
-@needs("sigterm", "straight")
-def test_sigterm_writes_resumable_checkpoint_then_resume_finishes_like_straight_run(jobs):
-    straight = jobs.get("straight")
-    stopped, where, resumed = jobs.get("sigterm")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@needs("sigterm", "sigint")
+def test_signal_stops_after_the_step_with_a_resumable_checkpoint(jobs, sig):
+    """SIGTERM or SIGINT mid-epoch: the step in progress finishes, last.ckpt is written with the position
+    inside the epoch and named with the --resume command, the exit status is 128 + signal. (MindSpore's
+    graph executor turns a SIGINT that arrives during a graph step into SIGTERM: a Ctrl-C exits with
+    130 or 143.)"""
+    stopped, where, files, _ = jobs.get(sig.name.lower())
     ckpt = os.path.join(stopped.out, "last.ckpt")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped
+    statuses = (128 + signal.SIGTERM,) if sig == signal.SIGTERM else (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    assert stopped.returncode in statuses, stopped
     assert_no_traceback(stopped)
-    assert "stopped: interrupted by SIGTERM" in stopped.stderr and f"--resume {ckpt}" in stopped.stderr, stopped
+    stop_lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped: ")]
+    assert len(stop_lines) == 1, stopped
+    assert "interrupted by SIG" in stop_lines[0] and f"--resume {ckpt}" in stop_lines[0], stopped
+    if sig == signal.SIGTERM:
+        assert "interrupted by SIGTERM" in stop_lines[0]
     # (epoch, step, global step): after step 2 or 3, or, if it landed in the last step, after the epoch
     assert where in ((0, 2, 2), (0, 3, 3), (1, 0, 4)), where
+    # mid-epoch only last.ckpt (with the epoch's files if it landed in the last step), nothing half-written
+    assert files == (["best.ckpt", "epoch_0001.ckpt", "last.ckpt"] if where == (1, 0, 4) else ["last.ckpt"]), files
+
+
+@needs("sigterm", "straight")
+def test_resume_after_sigterm_finishes_like_straight_run(jobs):
+    """Resuming the mid-epoch checkpoint ends with the weights and optimizer state of the uninterrupted
+    run, and the steps before the signal are not trained again."""
+    straight = jobs.get("straight")
+    stopped, where, _, resumed = jobs.get("sigterm")
+    ckpt = os.path.join(stopped.out, "last.ckpt")
     assert resumed.returncode == 0, resumed
+    assert_no_traceback(resumed)
     assert f"resumed from {ckpt}" in resumed.stdout
     assert_same_state(os.path.join(straight.out, "last.ckpt"), ckpt)
-    # the steps before the signal logged the same losses as the straight run
+    # the steps before the signal logged the same losses as the straight run; the resumed run did the rest
     before = logged_losses(resumed.log())[: where[2]]
     assert before == logged_losses(straight.log())[: where[2]]
+    assert len(logged_losses(resumed.stdout)) == 8 - where[2]
 
 
 @needs("kill9", "straight")
@@ -831,8 +816,12 @@ def test_kill9_mid_epoch_leaves_only_complete_checkpoints_and_resumes(jobs):
     # every file under a final name is a complete checkpoint of epoch 1 (each one was loaded)
     assert set(files) == {"last.ckpt", "best.ckpt", "epoch_0001.ckpt"}, files
     assert set(files.values()) == {(1, 0, 4)}, files
+    assert partial == []  # killed between saves: no half-written file either
     assert resumed.returncode == 0, resumed
     assert_no_traceback(resumed)
+    assert f"resumed from {os.path.join(killed.out, 'last.ckpt')} at epoch 2/2, step 0/4" in resumed.stdout
+    # the resumed run trains epoch 2 only and ends like the uninterrupted run
+    assert [(e, s) for e, s, _ in logged_losses(resumed.stdout)] == [(2, s) for s in (1, 2, 3, 4)]
     assert_same_state(os.path.join(straight.out, "last.ckpt"), os.path.join(killed.out, "last.ckpt"))
     assert partial_files(killed.out) == []
 

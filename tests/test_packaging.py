@@ -1,0 +1,79 @@
+"""Packaging and import structure: mindppt is installed (editable) in the venv, so it imports from any
+directory; the import-linter contracts of pyproject.toml hold, and they are live: an upward import added
+to a copy of the package breaks exactly the contract it should."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from tool_helpers import ROOT, tool_env
+
+LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+CONTRACTS = {
+    "layers": "Layers: tools -> engine -> models | data -> config, formats, ... -> io -> errors",
+    "models": "Models read no configuration and know no training",
+    "mindspore": "Errors and the torch, safetensors and npz readers do not import MindSpore",
+}
+
+
+def _clean_env():
+    env = tool_env()
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_import_from_outside_the_repository(tmp_path):
+    """cwd is an empty temporary directory and there is no PYTHONPATH: only the installed package can
+    answer the import, and it is the repository's own source (editable install)."""
+    code = ("import mindppt, mindppt.models\n"
+            "from mindppt.models import create_model\n"
+            "model = create_model('vit_digits_patch4_16', num_classes=3)\n"
+            "print(mindppt.__file__)\n"
+            "print(mindppt.__version__, type(model).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    location, versions = proc.stdout.strip().splitlines()[-2:]
+    assert os.path.realpath(location) == os.path.realpath(os.path.join(ROOT, "mindppt", "__init__.py"))
+    assert versions == "0.1.0 VisionTransformer"
+
+
+def _lint_imports(cwd, env=None):
+    assert os.path.isfile(LINT_IMPORTS), f"lint-imports (import-linter) is missing next to {sys.executable}"
+    return subprocess.run([LINT_IMPORTS, "--no-cache", "--no-logo"], cwd=cwd, env=env or _clean_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_are_kept():
+    proc = _lint_imports(ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in CONTRACTS.values():
+        assert f"{name} KEPT" in proc.stdout or f"{name}KEPT" in proc.stdout, (name, proc.stdout)
+    assert f"Contracts: {len(CONTRACTS)} kept, 0 broken." in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("module, line, broken, report", [
+    # models sits below engine: an import upwards
+    ("models/flops.py", "import mindppt.engine", "layers", "mindppt.models is not allowed to import mindppt.engine"),
+    # allowed by the layers (config is lower), forbidden by the second contract
+    ("models/registry.py", "import mindppt.config", "models", "mindppt.models is not allowed to import mindppt.config"),
+    # a reader that must work without MindSpore
+    ("formats/npz.py", "import mindspore", "mindspore", "mindppt.formats.npz is not allowed to import mindspore"),
+], ids=["upward", "models_config", "reader_mindspore"])
+def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, broken, report):
+    """The real pyproject.toml, run on a copy of the package with one import added: that contract and only
+    that one breaks, naming the added import."""
+    shutil.copytree(os.path.join(ROOT, "mindppt"), tmp_path / "mindppt",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), tmp_path)
+    path = tmp_path / "mindppt" / module
+    path.write_text(f"{line}  # added by the test\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    env = _clean_env()
+    env["PYTHONPATH"] = str(tmp_path)  # the copy, ahead of the editable install
+    proc = _lint_imports(tmp_path, env)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"Contracts: {len(CONTRACTS) - 1} kept, 1 broken." in proc.stdout, proc.stdout
+    assert f"{CONTRACTS[broken]} BROKEN" in proc.stdout or f"{CONTRACTS[broken]}BROKEN" in proc.stdout
+    dotted = "mindppt." + module[:-len(".py")].replace("/", ".")
+    assert report in proc.stdout and f"{dotted} -> {line.split()[1]} (l.1)" in proc.stdout, proc.stdout

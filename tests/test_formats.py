@@ -148,14 +148,14 @@ def test_mindspore_ckpt_reader(tmp_path):
         np.testing.assert_array_equal(got[k], v)
 
 
-def test_bfloat16_ckpt_values_are_read_exactly(tmp_path):
-    """(MindSpore 2.10 hands bfloat16 out as ml_dtypes' numpy bfloat16; the loader casts it to the
-    parameter's dtype, so only the values are checked here.)"""
+def test_bfloat16_ckpt_is_read_as_float32_exactly(tmp_path):
+    """Like the torch and safetensors readers: bfloat16 comes back as float32 (exact)."""
     values = np.array([1.0, -2.5, 0.15625], np.float32)  # exact in bfloat16
     path = tmp_path / "bf16.ckpt"
     ms.save_checkpoint([{"name": "w", "data": ms.Tensor(values).astype(ms.bfloat16)}], str(path))
     got = read_state_dict(path)["w"]
-    np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), values)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, values)
 
 
 # ---------------------------------------------------------------------------------------------------

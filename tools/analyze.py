@@ -1,4 +1,4 @@
-"""What PPT decides on your data, and the threshold for the share of pooled images you want.
+r"""What PPT decides on your data, and the threshold for the share of pooled images you want.
 
   python tools/analyze.py -c CONFIG --ckpt_path CKPT [--data_dir DIR] [--split val] [--max_images N] \
       [--target_pool_ratio P [P ...]] --out DIR

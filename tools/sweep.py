@@ -1,4 +1,4 @@
-"""Accuracy against cost for PPT settings, off the shelf (no training): the paper's Figure 4 and ablation.
+r"""Accuracy against cost for PPT settings, off the shelf (no training): the paper's Figure 4 and ablation.
 
   python tools/sweep.py -c CONFIG --ckpt_path CKPT [--data_dir DIR] --r 2 3 4 --thresholds 4e-3 6e-3 \
       [--pp_loc_list 1,2,3 2,3,4] [--policy adaptive prune pool] --out DIR

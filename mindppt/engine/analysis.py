@@ -138,8 +138,8 @@ def calibrate_thresholds(model, shares, collect):
 def _per_image_csv(decisions):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["image", "label"] + [f"{kind}_block{b}" for b in decisions.blocks for kind in ("variance",
-                                                                                                      "policy")])
+    columns = [f"{kind}_block{b}" for b in decisions.blocks for kind in ("variance", "policy")]
+    writer.writerow(["image", "label"] + columns)
     for i in range(decisions.num_images):
         cells = [i, int(decisions.labels[i])]
         for j in range(len(decisions.blocks)):

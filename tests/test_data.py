@@ -3,17 +3,25 @@ import io
 import json
 import os
 
+import mindspore.dataset as ds
 import numpy as np
 import pytest
 from PIL import Image
 
-import mindspore.dataset as ds
-from mindppt.errors import DatasetError, DatasetWarning
-from mindppt.data import (Mixup, RepeatAugSampler, create_dataset, create_loader,
-                          create_transforms, parse_rand_augment, scan_image_folder, smooth_one_hot,
-                          write_digits_imagefolder)
+from mindppt.data import (
+    Mixup,
+    RepeatAugSampler,
+    create_dataset,
+    create_loader,
+    create_transforms,
+    parse_rand_augment,
+    scan_image_folder,
+    smooth_one_hot,
+    write_digits_imagefolder,
+)
 from mindppt.data.dataset import _ImageSource
 from mindppt.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mindppt.errors import DatasetError, DatasetWarning
 
 
 # ----------------------------------------------------------------------------------------------- helpers

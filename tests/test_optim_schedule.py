@@ -2,10 +2,10 @@
 optimizer steps in GRAPH_MODE on CPU (TrainOneStepCell)."""
 import math
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import Parameter, Tensor, nn, ops
 
 from mindppt.engine.optim import create_optimizer, param_groups
 from mindppt.engine.schedule import create_lr_schedule

@@ -3,8 +3,8 @@
 On the parity inputs of tests/test_parity.py (DeiT-S shapes, random_deit_params, 8 random images, the
 threshold between the 4th and 5th block-3 variance so the batch mixes both policies), O2 fp16 is
 compared with float32. The backbone's fp16 arithmetic (q/k/v, attention logits, MLP) moves the
-significance scores by a few percent of the largest one (24-65 fp16 ulps here; how much exactly depends
-on the CPU's fp16 kernels), so near-tied candidates may come out the other way. What is asserted holds
+significance scores by a few percent of the largest one (22-65 fp16 ulps here; how much exactly depends
+on the CPU's kernels), so near-tied candidates may come out the other way. What is asserted holds
 on any CPU (tests/decision_checks.py):
 
 * each run's decisions are exactly the spec's rules applied to that run's own float32 scores, variance
@@ -38,13 +38,13 @@ from mindppt.models.vit import Attention, Block, LayerNorm
 NUM_CLASSES = 100
 N_TOKENS = 197
 # Bounds on how far O2 may drift from float32, in fp16 unit roundoffs (u16 = 2^-11). Measured here (AVX2
-# EPYC; also with oneDNN capped to AVX and SSE4.1, and with one thread): scores 0.012-0.032 of the
-# largest score, similarities 1.3e-3-2.8e-3, logits of agreeing images 0.007-0.018. The errors come
-# from rounding q/k/v and the attention logits (up to ~20 with these sharp weights) to fp16, which every
-# CPU does the same way; accumulation order only changes them by small factors. Bounds: ~2x measured.
-FP16_SCORE_RTOL = 128 * U16  # 0.0625: max |score O2 - fp32| / max fp32 score, per image and block
-FP16_SIM_ATOL = 16 * U16  # 0.0078: max |similarity O2 - fp32| (cosines)
-LOGIT_TOL = 64 * U16  # 0.031: max |logit O2 - fp32| / max |fp32 logit|, images whose decisions agree
+# EPYC, default; oneDNN capped to AVX and to SSE4.1; one kernel thread): scores 0.011-0.032 of the largest
+# score (22-65 u16), similarities 1.3e-3-3.7e-3, logits of images whose decisions agree 0.006-0.018. The
+# errors come from rounding q/k/v and the attention logits (up to ~20 with these sharp weights) to fp16,
+# which every CPU does alike; accumulation order changes them by small factors. Bounds: 3.4-4.2x measured.
+FP16_SCORE_RTOL = 256 * U16  # 0.125: max |score O2 - fp32| / max fp32 score, per image and block
+FP16_SIM_ATOL = 32 * U16  # 0.0156: max |similarity O2 - fp32| (cosines)
+LOGIT_TOL = 128 * U16  # 0.0625: max |logit O2 - fp32| / max |fp32 logit|, images whose decisions agree
 
 
 def _load(model, params):
@@ -90,8 +90,9 @@ def _compare(case, runs):
     agree = compare_runs(o2, fp32, score_rtol=FP16_SCORE_RTOL, sim_atol=FP16_SIM_ATOL, log=log)
     err = _rel_err(o2.logits, fp32.logits)
     print(f"\n{case}: per-image max |logit O2 - fp32| / max |logit fp32|: {np.round(err, 4)}")
-    print(f"  score error (max over images) / largest score, per block: "
-          f"{np.round(score_errors(o2, fp32), 4)} (bound {FP16_SCORE_RTOL:.3g})")
+    scores, sims = score_errors(o2, fp32)
+    print(f"  per block, max over images: score error / largest score {np.round(scores, 4)} (bound "
+          f"{FP16_SCORE_RTOL:.3g}), similarity error {np.round(sims, 4)} (bound {FP16_SIM_ATOL:.3g})")
     for a, b in zip(fp32.blocks, o2.blocks):
         print(f"  block {a['block']}: pooled fp32 {a['pooled'].astype(int)} O2 {b['pooled'].astype(int)}")
     print("  " + "\n  ".join(log))

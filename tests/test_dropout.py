@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
 from mindspore import nn
 
 from mindppt.models.vit import Dropout, DropPath

@@ -297,12 +297,14 @@ EVAL_ONLY = frozenset(("ckpt_path", "metrics_out"))
 DEMO_FIXED = frozenset(("model", "r_tokens", "output_dir", "ckpt_path", "metrics_out", "resume", "distribute",
                         "checkpoint_path"))
 # Tools that evaluate a checkpoint and read no training option.
-EVAL_TOOLS = ("eval", "analyze", "sweep")
+EVAL_TOOLS = ("eval", "analyze", "sweep", "export", "predict")
 # tools/sweep.py sets these per setting from its own options.
 SWEEP_FIXED = {"r_tokens": "use --r", "threshold": "use --thresholds", "eval_threshold": "use --thresholds"}
 TOOL_HINTS = {
     ("eval", "threshold"): "use --eval_threshold",
     ("analyze", "threshold"): "use --eval_threshold",
+    ("export", "threshold"): "use --eval_threshold (the exported graph runs at it)",
+    ("predict", "threshold"): "use --eval_threshold",
     ("train", "ckpt_path"): "to start from weights use --checkpoint_path, to continue a run --resume",
     ("train", "metrics_out"): "training writes its metrics to output_dir/train.log",
 }
@@ -336,6 +338,8 @@ def ineffective_options(args, given, tool=None):
             out[key] = f"is a training option that tools/{tool}.py does not use; {hint}"
         elif tool in ("analyze", "sweep") and key == "metrics_out":
             out[key] = f"is an option of tools/eval.py; tools/{tool}.py writes its numbers into --out"
+        elif tool in ("export", "predict") and key == "metrics_out":
+            out[key] = f"is an option of tools/eval.py that tools/{tool}.py does not use"
         elif tool == "demo" and key in DEMO_FIXED:
             out[key] = "is set by the demo itself (a dense and a PPT digits ViT, trained from scratch into " \
                        "outputs/demo); run tools/train.py or tools/eval.py to choose it"

@@ -5,7 +5,8 @@ message names the file, option or value at fault and what was expected.
 """
 
 __all__ = ["ConfigError", "CliError", "DeviceUnavailableError", "DatasetError", "DatasetWarning",
-           "CheckpointError", "CheckpointSaveError", "TrainingError", "TrainingInterrupted", "USER_ERRORS"]
+           "CheckpointError", "CheckpointSaveError", "ExportError", "TrainingError", "TrainingInterrupted",
+           "USER_ERRORS"]
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,10 @@ class CheckpointError(ValueError):
         self.mismatched = list(mismatched)
 
 
+class ExportError(ValueError):
+    """A model cannot be exported in the requested format (the message names the op and why)."""
+
+
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (e.g. disk full); the message names the file, the cause and
     the previous checkpoint, which is intact."""
@@ -64,4 +69,4 @@ class TrainingInterrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-USER_ERRORS = (CliError, ConfigError, DeviceUnavailableError, DatasetError, CheckpointError)
+USER_ERRORS = (CliError, ConfigError, DeviceUnavailableError, DatasetError, CheckpointError, ExportError)

@@ -1,0 +1,47 @@
+"""tools/export.py: the exported MINDIR gives the Cell's logits on a batch mixing pooled and pruned images;
+the side file records what is baked in; formats MindSpore cannot export are one-line errors."""
+import json
+
+import mindspore as ms
+import numpy as np
+import pytest
+from deploy_helpers import BATCH, EXPORT, SIZE, make_setup, portable_model
+from mindspore import nn
+from tool_helpers import assert_error, run_tool
+
+from mindppt.models import inspect_compression
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_setup(str(tmp_path_factory.mktemp("export")))
+
+
+def test_mindir_matches_cell_on_mixed_batch(setup, tmp_path):
+    prefix = str(tmp_path / "ppt")
+    result = run_tool(EXPORT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--batch_size", BATCH,
+                      "--eval_threshold", repr(setup["threshold"]), "--out", prefix)
+    assert result.returncode == 0, result
+    assert "MINDIR" in result.stdout and "ppt.json" in result.stdout
+    cell = portable_model(threshold=setup["threshold"])
+    logits, blocks = inspect_compression(cell, setup["images"])
+    assert 0 < blocks[0]["pooled"].sum() < BATCH, blocks[0]["pooled"]  # the batch mixes both policies
+    graph = nn.GraphCell(ms.load(prefix + ".mindir"))
+    exported = graph(ms.Tensor(setup["images"])).asnumpy()
+    # same ops, same order: float32 rounding at most
+    assert np.abs(exported - logits).max() <= 1e-5 * np.abs(logits).max(), np.abs(exported - logits).max()
+    with open(prefix + ".json", encoding="utf-8") as f:
+        info = json.load(f)
+    assert info["input_shape"] == [BATCH, 3, SIZE, SIZE] and info["model"] == "vit_digits_patch4_16"
+    assert info["ppt"]["compression_blocks"] == [1, 2] and info["ppt"]["r_tokens"] == [4, 4]
+    assert np.allclose(info["ppt"]["thresholds"], setup["threshold"], rtol=1e-6)
+    assert info["class_names"] == ["a_top", "b_left", "c_diag"] and info["fused_cpu_kernels"] is False
+    assert info["preprocess"]["mean"] == [0.5, 0.5, 0.5] and info["preprocess"]["image_size"] == SIZE
+
+
+def test_unsupported_format_names_the_op(setup, tmp_path):
+    result = run_tool(EXPORT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--batch_size", 2,
+                      "--file_format", "ONNX", "--out", tmp_path / "m")
+    assert_error(result, "ONNX", "op ")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    assert_error(run_tool(EXPORT, "-c", setup["config"], "--out", tmp_path / "m", "--lr", "1"), "--lr")

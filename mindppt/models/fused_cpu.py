@@ -32,6 +32,8 @@ import warnings
 import mindspore as ms
 from mindspore import ops
 
+from mindppt.io import atomic_output, atomic_write
+
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels", "gelu.cc")
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
@@ -168,27 +170,16 @@ def build_library(level, directory):
     if compiler is None:
         raise RuntimeError("no C++ compiler found (g++ or clang++; or set CXX)")
     library = os.path.join(directory, library_name(level))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mindppt_gelu_", suffix=".so", dir=directory)
-    os.close(fd)
-    record_tmp = tmp + ".json"
     flags = _compiler_flags(level)
-    try:
+    # library first, then its record, each atomically: a reader that sees a record sees the library it
+    # describes (in between it may see the new library with an old record, which it rejects and rebuilds)
+    with atomic_output(library, suffix=".so") as tmp:
         proc = subprocess.run([compiler, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True,
                               timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
-        with open(record_tmp, "w", encoding="utf-8") as handle:
-            json.dump({"level": level, "requires": sorted(required_flags(level)), "machine": _machine(),
-                       "compiler": compiler, "flags": flags}, handle)
-        # each atomic, library first: a reader that sees a record sees the library it describes (between
-        # the two it may see the new library with an old record, which it rejects and rebuilds)
-        os.replace(tmp, library)
-        os.replace(record_tmp, library + ".json")
-    finally:
-        for path in (tmp, record_tmp):
-            if os.path.exists(path):
-                os.remove(path)
+    atomic_write(library + ".json", json.dumps({"level": level, "requires": sorted(required_flags(level)),
+                                                "machine": _machine(), "compiler": compiler, "flags": flags}))
     return library
 
 

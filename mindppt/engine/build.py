@@ -83,10 +83,10 @@ def model_kwargs(args, for_eval=False):
     return kwargs
 
 
-def build_model(args, for_eval=False, with_weights=True):
-    """``create_model`` from the config (weights loaded by its one loader); invalid model settings
-    become ConfigError. No mixed precision yet (see :func:`apply_amp`)."""
-    kwargs = model_kwargs(args, for_eval=for_eval)
+def build_model(args, for_eval=False, with_weights=True, **extra):
+    """``create_model`` from the config (weights loaded by its one loader; ``extra``: more keywords such as
+    ``trace_source``); invalid model settings become ConfigError. No mixed precision yet (see :func:`apply_amp`)."""
+    kwargs = dict(model_kwargs(args, for_eval=for_eval), **extra)
     if not with_weights:
         kwargs.pop("checkpoint_path")
         kwargs.pop("ema", None)

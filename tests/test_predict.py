@@ -1,0 +1,78 @@
+"""tools/predict.py: top-5 with the evaluation transforms and class names, from a checkpoint and from an
+exported graph; bad images reported and skipped; the shipped ImageNet class names."""
+import json
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from deploy_helpers import EXPORT, PREDICT, make_setup
+from tool_helpers import assert_error, run_tool
+
+from mindppt.config import parse_args
+from mindppt.data.class_names import IMAGENET_CLASSES_FILE, resolve_class_names
+from mindppt.engine.build import build_eval_model, create_eval_loader
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    s = make_setup(str(root))
+    s["bad"] = str(root / "broken.jpg")
+    with open(s["bad"], "wb") as f:
+        f.write(b"not a jpeg")
+    return s
+
+
+def reference_probs(s):
+    """Softmax of the Cell's logits on the evaluation loader (the data pipeline's own transforms)."""
+    args = parse_args(["-c", s["config"], "--ckpt_path", s["ckpt"], "--batch_size", "6"], tool="eval")
+    model, _ = build_eval_model(args)
+    loader, _ = create_eval_loader(args)
+    images = next(loader.create_dict_iterator(output_numpy=True))["image"]
+    logits = model(ms.Tensor(images)).asnumpy()
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def test_predict_checkpoint_and_mindir(setup, tmp_path):
+    s = setup
+    out, png = tmp_path / "pred.json", tmp_path / "tokens.png"
+    result = run_tool(PREDICT, "-c", s["config"], "--ckpt_path", s["ckpt"], "--images", os.path.join(s["data"], "val"),
+                      s["bad"], "--json", out, "--show_tokens", png)
+    assert result.returncode == 0, result
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr  # reported, then skipped
+    with open(out, encoding="utf-8") as f:
+        preds = json.load(f)
+    assert [os.path.basename(os.path.dirname(p["image"])) for p in preds] == ["a_top"] * 2 + ["b_left"] * 2 + \
+        ["c_diag"] * 2
+    assert all(len(p["top"]) == 3 and {c["name"] for c in p["top"]} == {"a_top", "b_left", "c_diag"} for p in preds)
+    probs = np.array([[c["prob"] for c in sorted(p["top"], key=lambda c: c["index"])] for p in preds])
+    np.testing.assert_allclose(probs, reference_probs(s), atol=1e-5)
+    assert png.stat().st_size > 0
+
+    prefix = str(tmp_path / "graph")
+    assert run_tool(EXPORT, "-c", s["config"], "--ckpt_path", s["ckpt"], "--batch_size", 4, "--out",
+                    prefix).returncode == 0
+    result = run_tool(PREDICT, "--mindir", prefix, "--images", os.path.join(s["data"], "val"), "--json")
+    assert result.returncode == 0, result
+    graph_preds = json.loads(result.stdout)
+    graph_probs = np.array([[c["prob"] for c in sorted(p["top"], key=lambda c: c["index"])] for p in graph_preds])
+    np.testing.assert_allclose(graph_probs, probs, atol=1e-5)  # portable GELU vs fused: float32 rounding
+    assert [c["name"] for c in graph_preds[0]["top"]] == [c["name"] for c in preds[0]["top"]]
+
+
+def test_predict_errors(setup, tmp_path):
+    assert_error(run_tool(PREDICT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--images",
+                          tmp_path / "missing.jpg"), "missing.jpg")
+    assert_error(run_tool(PREDICT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--images", setup["bad"]),
+                 "no readable images")
+
+
+def test_imagenet_class_names():
+    names, source = resolve_class_names(1000)
+    assert len(names) == 1000 and names[0] == "tench, Tinca tinca" and "ImageNet" in source
+    assert names[999].startswith("toilet tissue")
+    with open(IMAGENET_CLASSES_FILE, encoding="utf-8") as f:
+        header = f.readline()
+    assert header.startswith("# ImageNet-1k") and "Source: timm" in header

@@ -1,6 +1,7 @@
 """tools/export.py: the exported MINDIR gives the Cell's logits on a batch mixing pooled and pruned images;
-the side file records what is baked in; formats MindSpore cannot export are one-line errors."""
+the side file records what is baked in; formats MindSpore cannot export are one-line errors; tools/benchmark.py --exported times the graph."""
 import json
+import os
 
 import mindspore as ms
 import numpy as np
@@ -10,6 +11,8 @@ from mindspore import nn
 from tool_helpers import assert_error, run_tool
 
 from mindppt.models import inspect_compression
+
+BENCHMARK = os.path.join(os.path.dirname(EXPORT), "benchmark.py")
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +48,16 @@ def test_unsupported_format_names_the_op(setup, tmp_path):
     assert_error(result, "ONNX", "op ")
     assert not list(tmp_path.iterdir())  # nothing half-written
     assert_error(run_tool(EXPORT, "-c", setup["config"], "--out", tmp_path / "m", "--lr", "1"), "--lr")
+
+
+def test_benchmark_times_the_exported_graph_beside_the_cell(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_tool(BENCHMARK, "--models", "vit_digits_patch4_16", "ppt_vit_digits_patch4_16", "--image_size", 16,
+                      "--num_classes", 3, "--batch_size", 1, "--exported", "--rounds", 1, "--iters", 1, "--warmup", 0,
+                      "--json", out)
+    assert result.returncode == 0, result
+    with open(out, encoding="utf-8") as f:
+        rows = json.load(f)
+    assert [r["model"] for r in rows] == ["vit_digits_patch4_16", "vit_digits_patch4_16 [MINDIR]",
+                                          "ppt_vit_digits_patch4_16", "ppt_vit_digits_patch4_16 [MINDIR]"]
+    assert all(r["img_per_s"] > 0 for r in rows)

@@ -6,14 +6,18 @@ training step (mindppt.engine.trainer.build_train_step: TrainStep with the recip
 soft-target cross entropy on smoothed one-hot targets, and by default dynamic loss scaling, gradient
 clipping and EMA, as tools/op_support.py compiles it).
 
+``--exported`` also times each model exported by tools/export.py (MINDIR, portable ops, loaded with
+mindspore.load + nn.GraphCell) beside its Cell.
+
   python tools/benchmark.py --models deit_small_patch16_224 ppt_deit_small_patch16_224 \
-      --batch_size 1 8 32 [--train] [--amp_level O2] [--json OUT.json]
+      --batch_size 1 8 32 [--train] [--exported] [--amp_level O2] [--json OUT.json]
 """
 import argparse
 import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
@@ -21,12 +25,14 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
+from mindspore import nn  # noqa: E402
 
 from mindppt.config import parse_args as parse_config  # noqa: E402
 from mindppt.config import str2bool  # noqa: E402
 from mindppt.data import smooth_one_hot  # noqa: E402
 from mindppt.device import DeviceUnavailableError, setup_device  # noqa: E402
 from mindppt.engine.build import build_model  # noqa: E402
+from mindppt.engine.export import EXPORT_FORMATS, export_model  # noqa: E402
 from mindppt.engine.schedule import create_lr_schedule, resolve_lr  # noqa: E402
 from mindppt.engine.trainer import build_train_step  # noqa: E402
 from mindppt.models import create_model  # noqa: E402
@@ -73,8 +79,9 @@ def train_config(name, batch_size, image_size, num_classes, options):
 class Runner:
     """One model at one batch size, inference or the trainer's full training step."""
 
-    def __init__(self, name, batch_size, train, image_size, num_classes, amp_level="O0", train_options=()):
-        self.name, self.batch_size, self.train = name, batch_size, train
+    def __init__(self, name, batch_size, train, image_size, num_classes, amp_level="O0", train_options=(),
+                 exported=False):
+        self.name, self.batch_size, self.train = name + (" [MINDIR]" if exported else ""), batch_size, train
         rng = np.random.default_rng(0)
         self.images = ms.Tensor(rng.standard_normal((batch_size, 3, image_size, image_size), np.float32))
         if train:
@@ -90,6 +97,11 @@ class Runner:
         else:
             self.model = create_model(name, num_classes=num_classes, img_size=image_size)
             self.net = apply_amp(self.model, amp_level)
+            if exported:  # the graph tools/export.py writes, in place of the Cell
+                args = train_config(name, batch_size, image_size, num_classes, ("--amp_level", amp_level))
+                with tempfile.TemporaryDirectory() as tmp:
+                    export_model(args, os.path.join(tmp, "model"), "MINDIR", batch_size)
+                    self.net = nn.GraphCell(ms.load(os.path.join(tmp, "model" + EXPORT_FORMATS["MINDIR"])))
             self.net.set_train(False)
         self.gmacs = model_gmacs(self.model)
         self.compile_s = None
@@ -124,7 +136,7 @@ class Runner:
 
 
 def print_row(r, file=sys.stdout):
-    print(f"{r['model']:<32} {r['mode']:<5} {r['batch_size']:>5} {r['img_per_s']:>9.2f} {r['latency_ms']:>11.1f} "
+    print(f"{r['model']:<34} {r['mode']:<5} {r['batch_size']:>5} {r['img_per_s']:>9.2f} {r['latency_ms']:>11.1f} "
           f"{r['compile_s']:>9.1f} {r['peak_mem_mb']:>9.0f} {r['gmacs']:>7.3f}", file=file, flush=True)
 
 
@@ -139,6 +151,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--train", action="store_true",
                    help="also time the trainer's training step (fwd+bwd, loss scaling, clipping, AdamW, EMA)")
+    p.add_argument("--exported", action="store_true",
+                   help="also time each model exported as MINDIR (tools/export.py) beside its Cell")
     p.add_argument("--amp_level", default="O0", choices=("O0", "O1", "O2", "O3"),
                    help="mixed precision (mindppt.models.amp.apply_amp) for inference and training; "
                         "the recipes use O2 on Ascend/GPU")
@@ -160,7 +174,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"mindspore {ms.__version__}, device {device}, cpus {os.cpu_count()}")
-    header = (f"{'model':<32} {'mode':<5} {'batch':>5} {'img/s':>9} {'latency_ms':>11} {'compile_s':>9} "
+    header = (f"{'model':<34} {'mode':<5} {'batch':>5} {'img/s':>9} {'latency_ms':>11} {'compile_s':>9} "
               f"{'peak_MB':>9} {'GMACs':>7}")
     print(header)
     results = []
@@ -169,8 +183,10 @@ def main(argv=None):
     modes = [False, True] if args.train else [False]
     for train in modes:
         for batch in args.batch_size:
-            runners = [Runner(name, batch, train, args.image_size, args.num_classes, args.amp_level, train_options)
-                       for name in args.models]
+            variants = [False, True] if args.exported and not train else [False]
+            runners = [Runner(name, batch, train, args.image_size, args.num_classes, args.amp_level, train_options,
+                              exported)
+                       for name in args.models for exported in variants]
             for runner in runners:
                 runner.compile(args.warmup)
             for _ in range(args.rounds):

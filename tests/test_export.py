@@ -1,5 +1,6 @@
 """tools/export.py: the exported MINDIR gives the Cell's logits on a batch mixing pooled and pruned images;
-the side file records what is baked in; formats MindSpore cannot export are one-line errors; tools/benchmark.py --exported times the graph."""
+the side file records what is baked in; formats MindSpore cannot export are one-line errors; tools/benchmark.py
+--exported times the graph."""
 import json
 import os
 

@@ -12,6 +12,7 @@ from tool_helpers import assert_error, run_tool
 from mindppt.config import parse_args
 from mindppt.data.class_names import IMAGENET_CLASSES_FILE, resolve_class_names
 from mindppt.engine.build import build_eval_model, create_eval_loader
+from mindppt.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def test_predict_errors(setup, tmp_path):
                           tmp_path / "missing.jpg"), "missing.jpg")
     assert_error(run_tool(PREDICT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--images", setup["bad"]),
                  "no readable images")
+    assert_error(run_tool(PREDICT, "--mindir", tmp_path / "none", "--images", setup["bad"]), "side file")
 
 
 def test_imagenet_class_names():
@@ -76,3 +78,12 @@ def test_imagenet_class_names():
     with open(IMAGENET_CLASSES_FILE, encoding="utf-8") as f:
         header = f.readline()
     assert header.startswith("# ImageNet-1k") and "Source: timm" in header
+
+
+def test_class_index_files(tmp_path):
+    (tmp_path / "names.txt").write_text("# header\ncat\ndog\n", encoding="utf-8")
+    (tmp_path / "names.json").write_text('{"1": ["n2", "dog"], "0": ["n1", "cat"]}', encoding="utf-8")
+    for name in ("names.txt", "names.json"):
+        assert resolve_class_names(2, str(tmp_path / name)) == (["cat", "dog"], str(tmp_path / name))
+    with pytest.raises(ConfigError, match="3 classes"):
+        resolve_class_names(3, str(tmp_path / "names.txt"))

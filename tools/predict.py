@@ -22,6 +22,7 @@ from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 from mindppt.engine.predict import Predictor, predict_files  # noqa: E402
 from mindppt.errors import CliError  # noqa: E402
 from mindppt.io import atomic_write  # noqa: E402
+from mindppt.option_types import int_type  # noqa: E402
 
 
 def tool_parser():
@@ -33,7 +34,7 @@ def tool_parser():
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="print the predictions as JSON (or write them to FILE)")
     p.add_argument("--show_tokens", default=None, metavar="OUT.png", help="draw PPT's token maps")
-    p.add_argument("--top_k", type=int, default=5, help="classes per image")
+    p.add_argument("--top_k", type=int_type(lo=1), default=5, help="classes per image")
     return p
 
 

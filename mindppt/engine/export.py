@@ -52,6 +52,7 @@ def export_model(args, prefix, file_format="MINDIR", batch_size=1, class_index=N
     try:
         with atomic_output(path, suffix=EXPORT_FORMATS[file_format]) as tmp:
             ms.export(net, ms.Tensor(np.zeros(shape, np.float32)), file_name=tmp, file_format=file_format)
+            os.chmod(tmp, 0o644)  # MindSpore writes it owner-read-only; a deployed file is read by a server user
     except (RuntimeError, ValueError, TypeError) as e:
         raise ExportError(describe_export_failure(file_format, e)) from None
     names, names_source = resolve_class_names(args.num_classes, class_index, args.data_dir, args.train_split)
@@ -62,7 +63,7 @@ def export_model(args, prefix, file_format="MINDIR", batch_size=1, class_index=N
         "fused_cpu_kernels": False,
         "ppt": {"compression_blocks": list(model.compression_blocks),
                 "r_tokens": [n_in - n_out for n_in, n_out in model.token_schedule if n_out < n_in],
-                "thresholds": [float(t) for t in model.thresholds],
+                "thresholds": [float(f"{t:.7g}") for t in model.thresholds],  # float32 digits
                 "token_schedule": [list(t) for t in model.token_schedule]},
         "preprocess": {"image_size": size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
                        "mean": list(args.mean), "std": list(args.std), "layout": "NCHW, RGB"},

@@ -14,7 +14,7 @@ from mindppt.data.dataset import IMG_EXTENSIONS, load_rgb
 from mindppt.engine.build import apply_amp, build_model, setup
 from mindppt.engine.evaluate import pad_batch
 from mindppt.engine.export import EXPORT_FORMATS, read_export_info
-from mindppt.errors import DatasetError, DatasetWarning
+from mindppt.errors import ConfigError, DatasetError, DatasetWarning, ExportError
 from mindppt.io import atomic_output
 from mindppt.models import inspect_compression
 from mindppt.visualize import compression_figure
@@ -85,7 +85,7 @@ class Predictor:
     @classmethod
     def from_config(cls, args, class_index=None, trace_source=False):
         if not (args.ckpt_path or args.checkpoint_path):
-            raise DatasetError("no weights: pass --ckpt_path (or --mindir PREFIX of tools/export.py)")
+            raise ConfigError("no weights: pass --ckpt_path (or --mindir PREFIX of tools/export.py)")
         setup(args, args.device_id)
         model = build_model(args, for_eval=True, trace_source=trace_source)
         model.set_train(False)
@@ -97,7 +97,10 @@ class Predictor:
     @classmethod
     def from_export(cls, prefix, class_index=None):
         info = read_export_info(prefix)
-        graph = nn.GraphCell(ms.load(prefix + EXPORT_FORMATS["MINDIR"]))
+        path = prefix + EXPORT_FORMATS["MINDIR"]
+        if info.get("file_format") != "MINDIR" or not os.path.isfile(path):
+            raise ExportError(f"{prefix}.json describes {info.get('file')}, but tools/predict.py runs {path} (MINDIR)")
+        graph = nn.GraphCell(ms.load(path))
         names = info["class_names"]
         if class_index:
             names, _ = resolve_class_names(info["num_classes"], class_index)

@@ -69,6 +69,8 @@ def test_predict_errors(setup, tmp_path):
     assert_error(run_tool(PREDICT, "-c", setup["config"], "--ckpt_path", setup["ckpt"], "--images", setup["bad"]),
                  "no readable images")
     assert_error(run_tool(PREDICT, "--mindir", tmp_path / "none", "--images", setup["bad"]), "side file")
+    assert_error(run_tool(PREDICT, "--mindir", tmp_path / "none", "--images", setup["bad"], "--ckpt_path",
+                          setup["ckpt"], "--eval_threshold", "1e-3"), "--ckpt_path, --eval_threshold would do nothing")
 
 
 def test_imagenet_class_names():

@@ -10,6 +10,7 @@ tools/export.py. Class names: --class_index (one name per line, or JSON), else t
 config's data_dir/train_split, else ImageNet's for 1000 classes, else the label numbers (an exported graph
 carries its own). --json prints the predictions as JSON (or writes them to FILE). --show_tokens draws what PPT
 pruned and pooled in every compression block (checkpoint only). Unreadable images are reported and skipped.
+With --mindir the side file fixes model, weights and preprocessing: only the device options apply.
 """
 import argparse
 import json
@@ -18,11 +19,14 @@ import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
+from mindppt.config import given_options  # noqa: E402
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 from mindppt.engine.predict import Predictor, predict_files  # noqa: E402
 from mindppt.errors import CliError  # noqa: E402
 from mindppt.io import atomic_write  # noqa: E402
 from mindppt.option_types import int_type  # noqa: E402
+
+RUNTIME_OPTIONS = ("device_target", "device_id", "mode", "jit_level")  # what an exported graph still reads
 
 
 def tool_parser():
@@ -41,8 +45,11 @@ def tool_parser():
 def main(argv=None):
     args, opts = parse_cli(argv, tool="predict", tool_parser=tool_parser())
     if opts.mindir:
-        if args.ckpt_path or opts.show_tokens:
-            raise CliError("--mindir runs the exported graph: --ckpt_path and --show_tokens need the checkpoint")
+        given = given_options(list(sys.argv[1:] if argv is None else argv))
+        unused = [f"--{k}" for k in given if k not in RUNTIME_OPTIONS] + (["--show_tokens"] if opts.show_tokens else [])
+        if unused:
+            raise CliError(f"--mindir runs the exported graph as {opts.mindir}.json describes; {', '.join(unused)} "
+                           f"would do nothing (export again to change the model, or predict with --ckpt_path)")
         predictor = Predictor.from_export(opts.mindir, opts.class_index)
     else:
         predictor = Predictor.from_config(args, opts.class_index, trace_source=bool(opts.show_tokens))

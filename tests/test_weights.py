@@ -21,7 +21,7 @@ from checkpoint_helpers import (
 )
 
 from mindppt.errors import CheckpointError
-from mindppt.models import create_model
+from mindppt.models import create_model, inspect_compression
 from mindppt.models.weights import convert_state_dict, load_weights
 
 DIGITS = "ppt_vit_digits_patch4_16"
@@ -222,3 +222,18 @@ def test_a_saved_threshold_never_overrides_the_configured_one(tmp_path):
     net = create_model(DIGITS, num_classes=3, threshold=2e-3, checkpoint_path=str(path))
     assert _thresholds(net) == pytest.approx([2e-3] * 3)
     np.testing.assert_array_equal(net.head.weight.asnumpy(), trained.head.weight.asnumpy())
+
+
+def test_a_model_saved_after_inspection_loads_strictly(tmp_path):
+    """inspect_compression wraps the model in a Cell; the wrapper must not rename the model's parameters
+    (MindSpore prefixes a child's parameter names by default), or a checkpoint saved afterwards would
+    hold `model.cls_token` and no longer load into the same model."""
+    ms.set_seed(0)
+    model = create_model("ppt_vit_digits_patch4_16", num_classes=3)
+    names = [p.name for p in model.get_parameters()]
+    inspect_compression(model, np.zeros((2, 3, 16, 16), np.float32))
+    assert [p.name for p in model.get_parameters()] == names
+    path = str(tmp_path / "after_inspection.ckpt")
+    ms.save_checkpoint(model, path)
+    reloaded = create_model("ppt_vit_digits_patch4_16", num_classes=3, checkpoint_path=path)
+    np.testing.assert_array_equal(reloaded.cls_token.asnumpy(), model.cls_token.asnumpy())

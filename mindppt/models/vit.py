@@ -352,7 +352,7 @@ class CompressionInspector(nn.Cell):
     ``(variance, pooled, size, kept, source)``."""
 
     def __init__(self, model):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # the model's parameters keep their names (checkpoints stay loadable)
         self.model = model
 
     def construct(self, x):

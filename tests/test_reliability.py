@@ -147,8 +147,8 @@ def run_and_signal(config, out, after, sig):
     log_path = os.path.join(out, "train.log")
     with _SLOTS:
         proc = start_tool(TRAIN, "-c", config, out=out)
-        deadline, sent = time.time() + TOOL_TIMEOUT, False
-        while time.time() < deadline and proc.poll() is None:
+        deadline, sent = time.monotonic() + TOOL_TIMEOUT, False  # a time-out, not a speed target
+        while time.monotonic() < deadline and proc.poll() is None:
             if os.path.exists(log_path):
                 with open(log_path, encoding="utf-8") as f:
                     if after in f.read():

@@ -17,7 +17,7 @@ from mindppt.models.flops import model_gmacs
 
 __all__ = ["setup", "init_distributed", "make_reduce_sum", "model_kwargs", "build_model",
            "build_eval_model", "threshold_setting", "describe_threshold", "create_train_loaders",
-           "create_eval_loader", "r_clamps", "describe_r_clamps", "warn_clamped_r_tokens", "apply_amp"]
+           "create_eval_loader", "r_clamps", "describe_r_clamps", "warn_clamped_r_tokens"]
 
 
 def setup(args, device_id=None):

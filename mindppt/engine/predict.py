@@ -11,12 +11,13 @@ from mindspore import nn
 from mindppt.data import create_transforms
 from mindppt.data.class_names import resolve_class_names
 from mindppt.data.dataset import IMG_EXTENSIONS, load_rgb
-from mindppt.engine.build import apply_amp, build_model, setup
+from mindppt.engine.build import build_model, setup
 from mindppt.engine.evaluate import pad_batch
 from mindppt.engine.export import EXPORT_FORMATS, read_export_info
 from mindppt.errors import ConfigError, DatasetError, DatasetWarning, ExportError
 from mindppt.io import atomic_output
 from mindppt.models import inspect_compression
+from mindppt.models.amp import apply_amp
 from mindppt.visualize import compression_figure
 
 __all__ = ["list_images", "load_images", "Predictor", "top_k", "predict_files"]

@@ -29,11 +29,11 @@ from mindspore.train import Model
 from mindppt.config import save_config
 from mindppt.errors import TrainingError, TrainingInterrupted
 from mindppt.logger import get_logger
+from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
 from mindppt.models.weights import copy_weights
 
 from .build import (
-    apply_amp,
     build_model,
     create_train_loaders,
     describe_r_clamps,

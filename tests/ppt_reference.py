@@ -10,6 +10,12 @@ images), with vectorised NumPy inside an image. Token orders follow the spec lit
 * pool (ToMe bipartite soft matching) outputs the unmerged A tokens in ascending original position,
   then all B tokens in their original order.
 
+Distilled DeiT (``dist_token`` in the parameters; mindppt's documented rule, which the spec leaves
+open): the class and distillation tokens (positions 0 and 1) are protected. Scores, their normalisation
+and variance cover the other tokens; r is at most half of them; prune ranks the class then the
+distillation token first; pool never merges into or from either, and puts the distillation token back
+at position 1 (ToMe's order). The logits are the mean of the two heads.
+
 Parameters are a dict of NumPy arrays keyed by timm names; Dense weights are in torch layout
 (``y = x @ W.T + b``).
 """
@@ -119,19 +125,21 @@ def mlp(params, prefix, x):
 # Adaptive token compression for ONE image (spec sections 1-5)
 # --------------------------------------------------------------------------------------------
 
-def significance_scores(attn, v):
-    """ATS significance: (sum_h A[h, 0, j]) * ||v_j||_2 (v_j over all C), class token dropped,
-    normalised to sum 1 over j >= 1; the class token then gets score 2.
+def significance_scores(attn, v, num_protected=1):
+    """ATS significance: (sum_h A[h, 0, j]) * ||v_j||_2 (v_j over all C), protected tokens dropped,
+    normalised to sum 1 over j >= num_protected; the class token then gets score 2 (a distillation
+    token 2 and the class token 3).
 
-    Returns (scores (N,) with scores[0] = 2, unbiased variance of scores[1:]).
+    Returns (scores (N,), unbiased variance of the unprotected scores).
     """
     h, n, d = v.shape
     cls_attn = attn[:, 0, :].sum(axis=0)  # (N,)
     v_norm = np.linalg.norm(v.transpose(1, 0, 2).reshape(n, h * d), axis=1)  # (N,)
-    s = (cls_attn * v_norm)[1:]
+    s = (cls_attn * v_norm)[num_protected:]
     s = s / s.sum()
-    variance = float(np.var(s, ddof=1))  # divide by (N - 1) - 1 = N - 2
-    return np.concatenate([[2.0], s]), variance
+    variance = float(np.var(s, ddof=1))  # divide by (N - p) - 1
+    protected = 2.0 + np.arange(num_protected)[::-1]
+    return np.concatenate([protected, s]), variance
 
 
 def prune(x, size, source, scores, r):
@@ -142,17 +150,20 @@ def prune(x, size, source, scores, r):
     return x[kept], size[kept], source[kept], kept
 
 
-def similarity(k):
+def similarity(k, num_protected=1):
     """ToMe's bipartite similarity for one image: keys k (H, N, D) averaged over heads, L2-normalised;
-    cosine similarity of A (even positions) to B (odd positions), (|A|, |B|), class-token row -inf."""
+    cosine similarity of A (even positions) to B (odd positions), (|A|, |B|), class-token row -inf
+    (and the distillation token's column -inf)."""
     metric = k.mean(axis=0)  # (N, D)
     metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
     sim = metric[0::2] @ metric[1::2].T  # (|A|, |B|)
     sim[0, :] = -np.inf  # class token never merged
+    if num_protected == 2:
+        sim[:, 0] = -np.inf  # nothing merges into the distillation token
     return sim
 
 
-def pool(x, size, source, k, r):
+def pool(x, size, source, k, r, num_protected=1):
     """ToMe bipartite soft matching (class token protected) + size-weighted merge, for one image.
 
     k: (H, N, D) keys of this block's attention. Metric = keys averaged over heads, L2-normalised.
@@ -163,7 +174,7 @@ def pool(x, size, source, k, r):
     n = x.shape[0]
     a_pos = np.arange(0, n, 2)
     b_pos = np.arange(1, n, 2)
-    sim = similarity(k)
+    sim = similarity(k, num_protected)
     node_max = sim.max(axis=1)
     node_idx = sim.argmax(axis=1)  # first maximum on ties, like torch.max
     edge_idx = np.argsort(-node_max, kind="stable")
@@ -183,26 +194,32 @@ def pool(x, size, source, k, r):
     b_source = source[b_pos].copy()
     np.maximum.at(b_source, dst, source[a_pos][src])
 
-    x_out = np.concatenate([x[a_pos][unm], b_x], axis=0)
-    size_out = np.concatenate([size[a_pos][unm], b_size])
-    source_out = np.concatenate([source[a_pos][unm], b_source], axis=0)
-    kept = np.concatenate([a_pos[unm], b_pos])
+    def order(a_part, b_part):
+        if num_protected == 2:  # class token, distillation token, then the rest
+            return np.concatenate([a_part[:1], b_part[:1], a_part[1:], b_part[1:]], axis=0)
+        return np.concatenate([a_part, b_part], axis=0)
+
+    x_out = order(x[a_pos][unm], b_x)
+    size_out = order(size[a_pos][unm], b_size)
+    source_out = order(source[a_pos][unm], b_source)
+    kept = order(a_pos[unm], b_pos)
     return x_out, size_out, source_out, kept
 
 
-def compress(x, size, source, attn, k, v, r, threshold):
+def compress(x, size, source, attn, k, v, r, threshold, num_protected=1):
     """Spec steps 1-5 for one image. Returns x, size, source, and an info dict for this image."""
     n = x.shape[0]
-    scores, variance = significance_scores(attn, v)
+    scores, variance = significance_scores(attn, v, num_protected)
     use_pool = variance < threshold
-    r_eff = max(0, min(int(r), (n - 1) // 2))
+    r_eff = max(0, min(int(r), (n - num_protected) // 2))
     if r_eff == 0:
         kept = np.arange(n)  # nothing removed, order unchanged (official code does nothing)
     elif use_pool:
-        x, size, source, kept = pool(x, size, source, k, r_eff)
+        x, size, source, kept = pool(x, size, source, k, r_eff, num_protected)
     else:
         x, size, source, kept = prune(x, size, source, scores, r_eff)
-    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores, similarity=similarity(k),
+    info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores,
+                similarity=similarity(k, num_protected),
                 source=source.copy(), kept=np.asarray(kept, dtype=np.int64))
     return x, size, source, info
 
@@ -233,11 +250,14 @@ def forward_one(params, image, *, num_heads, r_list, pp_loc_list, threshold, pro
     depth = _depth(params)
     x = patch_embed(params, np.asarray(image, dtype=np.float64), patch_size)
     pos_embed = _p(params, "pos_embed")[0]
-    if pos_embed.shape[0] != x.shape[0] + 1:
+    prefix_tokens = [_p(params, "cls_token").reshape(1, -1)]
+    if "dist_token" in params:
+        prefix_tokens.append(_p(params, "dist_token").reshape(1, -1))
+    num_protected = len(prefix_tokens)
+    if pos_embed.shape[0] != x.shape[0] + num_protected:
         raise ValueError("image gives %d patches, pos_embed has %d positions"
-                         % (x.shape[0], pos_embed.shape[0] - 1))
-    cls = _p(params, "cls_token").reshape(1, -1)
-    x = np.concatenate([cls, x], axis=0) + pos_embed  # (N0, C)
+                         % (x.shape[0], pos_embed.shape[0] - num_protected))
+    x = np.concatenate(prefix_tokens + [x], axis=0) + pos_embed  # (N0, C)
     n0 = x.shape[0]
     size = np.ones(n0)
     source = np.eye(n0, dtype=np.int64)
@@ -248,13 +268,15 @@ def forward_one(params, image, *, num_heads, r_list, pp_loc_list, threshold, pro
         attn_out, attn, k, v = attention(params, prefix, h, size, num_heads, prop_attn)
         x = x + attn_out
         if i in pp_loc_list:
-            x, size, source, info = compress(x, size, source, attn, k, v, r_list[i], threshold)
+            x, size, source, info = compress(x, size, source, attn, k, v, r_list[i], threshold, num_protected)
             info["block"] = i
             infos.append(info)
         h = layer_norm(x, _p(params, prefix + "norm2.weight"), _p(params, prefix + "norm2.bias"))
         x = x + mlp(params, prefix, h)
     x = layer_norm(x, _p(params, "norm.weight"), _p(params, "norm.bias"))
     logits = dense(x[0], _p(params, "head.weight"), _p(params, "head.bias"))
+    if num_protected == 2:
+        logits = (logits + dense(x[1], _p(params, "head_dist.weight"), _p(params, "head_dist.bias"))) / 2
     return logits, infos
 
 
@@ -317,7 +339,7 @@ def _trunc_normal(rng, shape, std):
 
 
 def random_deit_params(rng, *, embed_dim, depth, num_heads, num_classes, img_size=224,
-                       patch_size=16, in_chans=3, qkv_std=None):
+                       patch_size=16, in_chans=3, qkv_std=None, distilled=False):
     """Random timm-named DeiT parameters (float32), well conditioned and with non-uniform attention.
 
     Dense weights: trunc-normal std 0.02 (timm) except qkv: std ``qkv_std``, by default
@@ -347,7 +369,9 @@ def random_deit_params(rng, *, embed_dim, depth, num_heads, num_classes, img_siz
                                                  1.0 / math.sqrt(fan_in))
     p["patch_embed.proj.bias"] = bias(c)
     p["cls_token"] = _trunc_normal(rng, (1, 1, c), 0.02)
-    p["pos_embed"] = _trunc_normal(rng, (1, 1 + num_patches, c), 0.02)
+    if distilled:
+        p["dist_token"] = _trunc_normal(rng, (1, 1, c), 0.02)
+    p["pos_embed"] = _trunc_normal(rng, (1, (2 if distilled else 1) + num_patches, c), 0.02)
     for i in range(depth):
         b = "blocks.%d." % i
         ln(b + "norm1")
@@ -363,4 +387,7 @@ def random_deit_params(rng, *, embed_dim, depth, num_heads, num_classes, img_siz
     ln("norm")
     p["head.weight"] = _trunc_normal(rng, (num_classes, c), 0.02)
     p["head.bias"] = bias(num_classes)
+    if distilled:
+        p["head_dist.weight"] = _trunc_normal(rng, (num_classes, c), 0.02)
+        p["head_dist.bias"] = bias(num_classes)
     return {name: np.asarray(value, dtype=np.float32) for name, value in p.items()}

@@ -23,9 +23,9 @@ from mindppt.models.flops import model_gmacs
 
 def test_registry_lists_every_variant():
     sizes = ("tiny", "small", "base")
-    assert list_models() == sorted([f"deit_{size}_patch16_224" for size in sizes]
-                                   + [f"ppt_deit_{size}_patch16_224" for size in sizes]
-                                   + ["vit_digits_patch4_16", "ppt_vit_digits_patch4_16"])
+    dense = ([f"deit_{size}_patch16_224" for size in sizes] + [f"deit_{size}_distilled_patch16_224" for size in sizes]
+             + [f"vit_{size}_patch16_224" for size in sizes] + ["deit_base_patch16_384", "vit_digits_patch4_16"])
+    assert list_models() == sorted(dense + [f"ppt_{name}" for name in dense])
     with pytest.raises(ValueError, match="ppt_deit_small_patch16_224"):
         create_model("ppt_deit_smal_patch16_224")
 

@@ -1,5 +1,6 @@
-"""Registered DeiT variants: dense ``deit_*`` and PPT ``ppt_deit_*`` (paper defaults), plus the small
-ViTs of the digits demo. Any PPT keyword works on either name (``r_tokens=0`` is dense)."""
+"""Registered DeiT variants: dense ``deit_*`` and PPT ``ppt_deit_*`` (paper defaults), distilled DeiT
+(``deit_*_distilled_patch16_224``: class and distillation tokens, two heads averaged), DeiT-B at 384 px,
+plus the small ViTs of the digits demo. Any PPT keyword works on either name (``r_tokens=0`` is dense)."""
 from .registry import register_model
 from .vit import VisionTransformer
 
@@ -48,6 +49,48 @@ def ppt_deit_small_patch16_224(**kwargs):
 @register_model
 def ppt_deit_base_patch16_224(**kwargs):
     return _build(DEIT_SIZES["base"], True, **kwargs)
+
+
+@register_model
+def deit_tiny_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["tiny"], False, distilled=True, **kwargs)
+
+
+@register_model
+def deit_small_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["small"], False, distilled=True, **kwargs)
+
+
+@register_model
+def deit_base_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["base"], False, distilled=True, **kwargs)
+
+
+@register_model
+def ppt_deit_tiny_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["tiny"], True, distilled=True, **kwargs)
+
+
+@register_model
+def ppt_deit_small_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["small"], True, distilled=True, **kwargs)
+
+
+@register_model
+def ppt_deit_base_distilled_patch16_224(**kwargs):
+    return _build(DEIT_SIZES["base"], True, distilled=True, **kwargs)
+
+
+@register_model
+def deit_base_patch16_384(**kwargs):
+    """DeiT-B fine-tuned at 384 px: 577 tokens."""
+    return _build(DEIT_SIZES["base"], False, img_size=384, **kwargs)
+
+
+@register_model
+def ppt_deit_base_patch16_384(**kwargs):
+    """DeiT-B at 384 px with PPT (577 -> 527 -> 477 -> 427 tokens with the default r=50 at blocks 3, 6, 9)."""
+    return _build(DEIT_SIZES["base"], True, img_size=384, **kwargs)
 
 
 # 16x16 input: each of the 16 patches covers 2x2 pixels of the 8x8 scans.

@@ -21,13 +21,19 @@ def is_runtime_setting(param_name):
     return param_name.rsplit(".", 1)[-1] == THRESHOLD_PARAM
 
 
-def effective_r(num_tokens, r):
-    """Tokens one compression removes: at most half of the non-class tokens (spec, step 3)."""
-    return max(0, min(int(r), (int(num_tokens) - 1) // 2))
+def effective_r(num_tokens, r, num_protected=1):
+    """Tokens one compression removes: at most half of the unprotected tokens (spec, step 3; the class
+    token, and a distilled DeiT's distillation token, are protected)."""
+    return max(0, min(int(r), (int(num_tokens) - int(num_protected)) // 2))
 
 
 class TokenCompression(nn.Cell):
-    """PPT's adaptive prune-or-pool for a fixed number of input tokens (class token at index 0).
+    """PPT's adaptive prune-or-pool for a fixed number of input tokens.
+
+    The first ``num_protected`` tokens are never pruned or merged and stay in front, in their order:
+    the class token (1), or the class and distillation tokens of a distilled DeiT (2). Scores, their
+    normalisation and variance cover the other tokens only; pooling never merges into or from a
+    protected token (ToMe's rule for class and distillation tokens).
 
     Inputs (all computed by the block's attention; only the class-token row of ``attn`` is used):
       x (B, N, C), attn (B, H, N, N) softmaxed, k and v (B, H, N, D), size (B, N) float32,
@@ -37,10 +43,14 @@ class TokenCompression(nn.Cell):
     Scores, variance, the policy test and sizes stay in float32 whatever the compute dtype.
     """
 
-    def __init__(self, num_tokens, r, threshold, trace_source=False):
+    def __init__(self, num_tokens, r, threshold, trace_source=False, num_protected=1):
         super().__init__()
+        if num_protected not in (1, 2):
+            raise ValueError(f"num_protected must be 1 (class token) or 2 (class and distillation tokens), "
+                             f"got {num_protected}")
         self.num_tokens = int(num_tokens)
-        self.r = effective_r(num_tokens, r)
+        self.num_protected = int(num_protected)
+        self.r = effective_r(num_tokens, r, num_protected)
         self.num_out = self.num_tokens - self.r
         self.ppt_threshold = Parameter(Tensor(float(threshold), ms.float32), name=THRESHOLD_PARAM,
                                        requires_grad=False)
@@ -49,10 +59,13 @@ class TokenCompression(nn.Cell):
         self.num_b = self.num_tokens // 2  # odd positions
         self.num_unmerged = self.num_a - self.r
 
-        # The class token's row of the A x B similarity is -inf so it is never merged.
-        protect = np.zeros((self.num_a, 1), np.float32)
-        protect[0, 0] = -np.inf
-        self.protect_cls = Tensor(protect)
+        # Protected tokens sit at positions 0 (A, class) and 1 (B, distillation): their row / column of
+        # the A x B similarity is -inf, so nothing merges from or into them.
+        protect = np.zeros((self.num_a, self.num_b), np.float32)
+        protect[0, :] = -np.inf
+        if self.num_protected == 2:
+            protect[:, 0] = -np.inf
+        self.protect = Tensor(protect)
         # Each B token keeps itself: row j has a one at original position 2j + 1.
         keep_b = np.zeros((self.num_b, self.num_tokens), np.float32)
         keep_b[np.arange(self.num_b), 2 * np.arange(self.num_b) + 1] = 1.0
@@ -60,7 +73,9 @@ class TokenCompression(nn.Cell):
         self.b_positions = Tensor((2 * np.arange(self.num_b) + 1).astype(np.int32))
         # Ranking key that lists unmerged A tokens in ascending position.
         self.neg_a_position = Tensor(-np.arange(self.num_a, dtype=np.float32))
-        self.cls_score = Tensor(np.full((1, 1), 2.0, np.float32))
+        # Protected tokens rank first in position order: the class token 2 (the spec), a distillation
+        # token then 2 and the class token 3 (every normalised score is at most 1).
+        self.protected_scores = Tensor((2.0 + np.arange(self.num_protected, dtype=np.float32)[::-1]).reshape(1, -1))
 
         self.bmm = ops.BatchMatMul()
         self.matmul = ops.MatMul()
@@ -78,7 +93,8 @@ class TokenCompression(nn.Cell):
         self.ppt_threshold.set_data(Tensor(float(value), ms.float32))
 
     def significance(self, attn, v):
-        """Normalised ATS scores (B, N) with the class token set to 2, and their unbiased variance."""
+        """Normalised ATS scores (B, N), protected tokens set above every other score, and the unbiased
+        variance of the unprotected tokens' scores."""
         cls_attn = attn[:, :, 0, :].astype(ms.float32).sum(axis=1)  # (B, N)
         b, heads, n, head_dim = v.shape
         v32 = v.astype(ms.float32)
@@ -86,12 +102,12 @@ class TokenCompression(nn.Cell):
         # last axis took 9x longer here)
         squares = (v32 * v32).reshape(b * heads * n, head_dim)
         v_norm = ops.sqrt(self.matmul(squares, ops.ones((head_dim, 1), ms.float32)).reshape(b, heads, n).sum(axis=1))
-        raw = (cls_attn * v_norm)[:, 1:]
+        raw = (cls_attn * v_norm)[:, self.num_protected:]
         normalised = raw / raw.sum(axis=1, keepdims=True)
         centred = normalised - normalised.mean(axis=1, keep_dims=True)
-        variance = (centred * centred).sum(axis=1) / (self.num_tokens - 2)
-        cls = ops.broadcast_to(self.cls_score, (normalised.shape[0], 1))
-        return ops.concat((cls, normalised), axis=1), variance
+        variance = (centred * centred).sum(axis=1) / (self.num_tokens - self.num_protected - 1)
+        protected = ops.broadcast_to(self.protected_scores, (normalised.shape[0], self.num_protected))
+        return ops.concat((protected, normalised), axis=1), variance
 
     def prune_assignment(self, scores):
         """Keep the N - r best tokens in descending score order."""
@@ -99,7 +115,7 @@ class TokenCompression(nn.Cell):
         return ops.one_hot(keep, self.num_tokens, self.on, self.off), keep
 
     def pool_assignment(self, k):
-        """ToMe bipartite soft matching on head-averaged keys, class token protected."""
+        """ToMe bipartite soft matching on head-averaged keys, protected tokens untouched and in front."""
         # Sum over heads as a (1 x heads) matmul (9x faster than CPU ReduceMean over axis 1); the mean's
         # 1 / heads cancels in the normalisation.
         b, heads, n, head_dim = k.shape
@@ -107,7 +123,7 @@ class TokenCompression(nn.Cell):
         metric = metric.reshape(b, n, head_dim)
         metric = metric / ops.sqrt((metric * metric).sum(axis=-1, keepdims=True))
         a, b = metric[:, ::2, :], metric[:, 1::2, :]
-        similarity = self.bmm_nt(a, b) + self.protect_cls  # (B, Na, Nb)
+        similarity = self.bmm_nt(a, b) + self.protect  # (B, Na, Nb)
         best_match, best_b = ops.max(similarity, axis=-1)
         _, merged_a = ops.topk(best_match, self.r, sorted=True)
         target_b = ops.gather_elements(best_b, 1, merged_a)
@@ -120,7 +136,15 @@ class TokenCompression(nn.Cell):
         b_rows = self.keep_b + self.bmm_tn(merged_targets, merged_sources)
         kept = ops.concat(
             (unmerged_a * 2, ops.broadcast_to(self.b_positions, (k.shape[0], self.num_b))), axis=1)
-        return ops.concat((unmerged_rows, b_rows), axis=1), kept
+        return self.protected_first(ops.concat((unmerged_rows, b_rows), axis=1)), self.protected_first(kept)
+
+    def protected_first(self, rows):
+        """Pooled token order: the unmerged A tokens (ascending), then the B tokens. A distillation token
+        (the first B token) moves to position 1, after the class token (ToMe's order)."""
+        if self.num_protected == 1:
+            return rows
+        u = self.num_unmerged
+        return ops.concat((rows[:, :1], rows[:, u:u + 1], rows[:, 1:u], rows[:, u + 1:]), axis=1)
 
     def construct(self, x, attn, k, v, size, source):
         # Scores and matching only make discrete choices: no gradient flows through them.

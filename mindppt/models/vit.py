@@ -48,6 +48,10 @@ class PatchEmbed(nn.Cell):
                               pad_mode="valid", has_bias=True)
         self.matmul = ops.MatMul(transpose_b=True)
 
+    def macs(self):
+        """Multiply-accumulates of the projection for one image."""
+        return self.num_patches * self.in_channels * self.patch_size ** 2 * self.embed_dim
+
     def construct(self, x):
         b = x.shape[0]
         p, g = self.patch_size, self.grid
@@ -196,25 +200,32 @@ class Attention(nn.Cell):
 
 class Block(nn.Cell):
     """Pre-norm transformer block; ``compression`` (a TokenCompression or None) runs between the
-    attention and MLP residuals."""
+    attention and MLP residuals. ``skip_lam`` divides both residual branches (LV-ViT's residual
+    scaling; 1 for ViT/DeiT, where the division is skipped)."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, prop_attn=False, compression=None):
+                 drop_path=0.0, prop_attn=False, compression=None, norm_eps=1e-6, skip_lam=1.0):
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, prop_attn)
         self.drop_path = DropPath(drop_path)
         self.compression = compression
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.skip_lam = float(skip_lam)
+
+    def residual(self, branch):
+        if self.skip_lam == 1.0:
+            return self.drop_path(branch)
+        return self.drop_path(branch) / self.skip_lam
 
     def construct(self, x, size, source):
         out, attn, k, v = self.attn(self.norm1(x), size)
-        x = x + self.drop_path(out)
+        x = x + self.residual(out)
         info = None
         if self.compression is not None:
             x, size, source, info = self.compression(x, attn, k, v, size, source)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.residual(self.mlp(self.norm2(x)))
         return x, size, source, info
 
 
@@ -254,23 +265,35 @@ def normalise_r_tokens(r_tokens, depth, pp_loc_list):
 class VisionTransformer(nn.Cell):
     """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
     the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model. ``threshold``: one number for
-    every compression block, or one value per compression block."""
+    every compression block, or one value per compression block.
+
+    ``distilled``: DeiT's distillation token (``dist_token``, position 1) and second head (``head_dist``);
+    both tokens are protected from compression and the output is the mean of the two heads (DeiT's
+    inference; :meth:`forward_heads` gives both for distillation training). ``embed_layer`` builds the
+    patch embedding (``PatchEmbed``'s signature; LV-ViT passes its convolutional stem)."""
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, r_tokens=0, pp_loc_list=(3, 6, 9),
-                 threshold=7e-5, prop_attn=True, trace_source=False):
+                 threshold=7e-5, prop_attn=True, trace_source=False, distilled=False, norm_eps=1e-6,
+                 skip_lam=1.0, embed_layer=PatchEmbed):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
+        self.img_size = img_size
         self.trace_source = bool(trace_source)
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
-        num_tokens = self.patch_embed.num_patches + 1
+        self.distilled = bool(distilled)
+        self.num_prefix_tokens = 2 if self.distilled else 1
+        self.patch_embed = embed_layer(img_size, patch_size, in_channels, embed_dim)
+        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.num_original_tokens = num_tokens
         self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dim), ms.float32),
                                    name="cls_token")
+        if self.distilled:
+            self.dist_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dim), ms.float32),
+                                        name="dist_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_tokens, embed_dim), ms.float32),
                                    name="pos_embed")
         self.pos_drop = Dropout(drop_rate)
@@ -278,7 +301,8 @@ class VisionTransformer(nn.Cell):
         self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
         self.token_schedule = []  # (tokens in, tokens out) per block
         for r in self.r_per_block:
-            self.token_schedule.append((num_tokens, num_tokens - effective_r(num_tokens, r)))
+            self.token_schedule.append(
+                (num_tokens, num_tokens - effective_r(num_tokens, r, self.num_prefix_tokens)))
             num_tokens = self.token_schedule[-1][1]
         thresholds = dict(zip(self.compression_blocks, normalise_thresholds(threshold, self.compression_blocks)))
         drop_path = np.linspace(0, drop_path_rate, depth).tolist()
@@ -287,14 +311,17 @@ class VisionTransformer(nn.Cell):
         for i, (n_in, n_out) in enumerate(self.token_schedule):
             compression = None
             if i in thresholds:
-                compression = TokenCompression(n_in, n_in - n_out, thresholds[i], trace_source)
+                compression = TokenCompression(n_in, n_in - n_out, thresholds[i], trace_source,
+                                               self.num_prefix_tokens)
             blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                                drop_path[i], prop_attn and sizes_vary, compression))
+                                drop_path[i], prop_attn and sizes_vary, compression, norm_eps, skip_lam))
             sizes_vary = sizes_vary or compression is not None
         self.blocks = nn.CellList(blocks)
-        self.norm = LayerNorm(embed_dim)
+        self.norm = LayerNorm(embed_dim, norm_eps)
         self.head_drop = Dropout(drop_rate)
         self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if self.distilled:
+            self.head_dist = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self):
@@ -321,11 +348,19 @@ class VisionTransformer(nn.Cell):
         for i, value in zip(blocks, normalise_thresholds(threshold, blocks)):
             self.blocks[i].compression.threshold = value
 
+    def head_macs(self):
+        """Multiply-accumulates of the classifier head(s) for one image."""
+        return (2 if self.distilled else 1) * self.embed_dim * max(self.num_classes, 0)
+
     def forward_features(self, x):
         x = self.patch_embed(x)
         b = x.shape[0]
         cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, self.embed_dim))
-        x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
+        if self.distilled:
+            dist = ops.broadcast_to(self.dist_token.astype(x.dtype), (b, 1, self.embed_dim))
+            x = ops.concat((cls, dist, x), axis=1) + self.pos_embed.astype(x.dtype)
+        else:
+            x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
         x = self.pos_drop(x)
         size = ops.ones((b, self.num_original_tokens), ms.float32)
         source = None
@@ -339,7 +374,14 @@ class VisionTransformer(nn.Cell):
                 infos = infos + (info,)
         return self.norm(x), infos
 
+    def forward_heads(self, x):
+        """Class-head and distillation-head logits of a distilled model's features."""
+        return self.head(self.head_drop(x[:, 0])), self.head_dist(self.head_drop(x[:, 1]))
+
     def forward_head(self, x):
+        if self.distilled:
+            cls_logits, dist_logits = self.forward_heads(x)
+            return (cls_logits + dist_logits) / 2
         return self.head(self.head_drop(x[:, 0]))
 
     def construct(self, x):

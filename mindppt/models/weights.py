@@ -6,8 +6,8 @@ and mindppt training checkpoints, whose model or EMA weights it takes), maps the
 model's parameters and refuses anything that does not fit, naming every missing, unexpected and
 wrongly-shaped parameter. Nothing is resized. The only tolerated mismatch is a classifier head of a
 different size (another ``num_classes``): it is dropped with a warning and the model keeps its own
-freshly initialised head. Distilled DeiT checkpoints (``dist_token``, ``head_dist``) are refused: they are
-a different architecture (two class tokens, 198 position embeddings).
+freshly initialised head. A distilled DeiT checkpoint (``dist_token``, ``head_dist``) loads only into a
+distilled model (``deit_*_distilled_patch16_224``): the architectures differ by a token and a head.
 
 Run-time settings stored as Parameters (the PPT threshold, see :func:`mindppt.models.ppt.is_runtime_setting`)
 are not weights: every load keeps the model's configured value (:func:`keep_runtime_settings`).
@@ -48,13 +48,22 @@ def _model_dtypes(model) -> Dict[str, np.dtype]:
     return {p.name: np.dtype(table.get(p.dtype, np.float32)) for _, p in model.parameters_and_names()}
 
 
+# torch BatchNorm buffers and their MindSpore names (LV-ViT's convolutional stem)
+_BATCH_NORM_NAMES = {".running_mean": ".moving_mean", ".running_var": ".moving_variance"}
+_IGNORED_SUFFIXES = (".num_batches_tracked",)  # a torch BatchNorm counter, not a weight
+
+
 def _aliases(name: str):
-    """Alternative model names for a timm name (MindSpore LayerNorm calls its affine gamma/beta)."""
+    """Alternative model names for a timm name (MindSpore norms call their affine gamma/beta and their
+    running statistics moving_mean/moving_variance)."""
     yield name
     if name.endswith(".weight"):
         yield name[: -len(".weight")] + ".gamma"
     elif name.endswith(".bias"):
         yield name[: -len(".bias")] + ".beta"
+    for torch_suffix, ms_suffix in _BATCH_NORM_NAMES.items():
+        if name.endswith(torch_suffix):
+            yield name[: -len(torch_suffix)] + ms_suffix
 
 
 def _fmt_names(names, limit=20):
@@ -79,16 +88,16 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: b
     distilled = [k for k in _DISTILLED_KEYS if k in state_dict]
     if distilled and not any(k in shapes for k in distilled):
         raise CheckpointError(
-            f"checkpoint {source} is a distilled DeiT (has {', '.join(distilled)}); distilled models use a "
-            f"second (distillation) token and are a different architecture from {model_name}. Use the "
-            f"non-distilled DeiT weights."
+            f"checkpoint {source} is a distilled DeiT (has {', '.join(distilled)}) and {model_name} has no "
+            f"distillation token; load it into a distilled model (deit_*_distilled_patch16_224 or its "
+            f"ppt_ variant)"
         )
 
     mapped: StateDict = {}
     unexpected = []
     for name, arr in state_dict.items():
-        if is_runtime_setting(name):  # saved by our own trainer; the model's configured value wins
-            continue
+        if is_runtime_setting(name) or name.endswith(_IGNORED_SUFFIXES):
+            continue  # a run-time setting (the model's configured value wins) or a torch counter
         target = next((a for a in _aliases(name) if a in shapes), None)
         if target is None:
             unexpected.append(name)

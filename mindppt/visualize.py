@@ -13,9 +13,9 @@ def _palette(n, seed=0):
 
 
 def token_map(source, grid):
-    """Original patch -> index of the token covering it (-1 for pruned), from a (tokens x (1 + grid^2))
-    source map whose column 0 is the class token."""
-    patches = source[:, 1:]
+    """Original patch -> index of the token covering it (-1 for pruned), from a (tokens x (P + grid^2))
+    source map whose first P columns are the class (and distillation) tokens."""
+    patches = source[:, -grid * grid:]
     owner = np.where(patches.sum(axis=0) > 0, patches.argmax(axis=0), -1)
     return owner.reshape(grid, grid)
 

@@ -29,6 +29,12 @@ def test_token_map_marks_pooled_groups_and_pruned_patches():
     np.testing.assert_array_equal(drawn[1, 2], patch0)
 
 
+def test_token_map_skips_the_distillation_token_column():
+    # class and distillation tokens (columns 0, 1) + 4 patches: the same tokens as above
+    source = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(token_map(source, 2), [[2, 3], [-1, 2]])
+
+
 def test_visualize_cli_writes_png(tmp_path):
     out = tmp_path / "tokens.png"
     result = run_tool(VISUALIZE, "--model", "ppt_deit_tiny_patch16_224", "--threshold", "1e-4", "--out", out,

@@ -4,14 +4,18 @@
 :mod:`mindppt.formats` (official DeiT / timm ``.pth``, ``.safetensors``, ``.npz``, MindSpore ``.ckpt``,
 and mindppt training checkpoints, whose model or EMA weights it takes), maps the timm names onto the
 model's parameters and refuses anything that does not fit, naming every missing, unexpected and
-wrongly-shaped parameter. Nothing is resized. The only tolerated mismatch is a classifier head of a
-different size (another ``num_classes``): it is dropped with a warning and the model keeps its own
-freshly initialised head. A distilled DeiT checkpoint (``dist_token``, ``head_dist``) loads only into a
-distilled model (``deit_*_distilled_patch16_224``): the architectures differ by a token and a head.
+wrongly-shaped parameter. Two mismatches are tolerated: a position embedding over another patch grid
+(weights of another input size, e.g. 224 px weights in a model built with ``img_size=384``) is resized
+bicubically to the model's grid, class and distillation tokens kept (:mod:`.pos_embed`, one INFO line on
+the ``mindppt.models.weights`` logger); a classifier head of a different size (another ``num_classes``)
+is dropped with a warning and the model keeps its own freshly initialised head. A distilled DeiT
+checkpoint (``dist_token``, ``head_dist``) loads only into a distilled model
+(``deit_*_distilled_patch16_224``): the architectures differ by a token and a head.
 
 Run-time settings stored as Parameters (the PPT threshold, see :func:`mindppt.models.ppt.is_runtime_setting`)
 are not weights: every load keeps the model's configured value (:func:`keep_runtime_settings`).
 """
+import logging
 import warnings
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional
@@ -23,11 +27,14 @@ from mindppt.errors import CheckpointError
 from mindppt.formats import StateDict, read_state_dict
 from mindppt.formats.train_state import is_train_state, model_weights_from_state
 
+from .pos_embed import resize_pos_embed, square_grid
 from .ppt import is_runtime_setting
 
 __all__ = ["load_weights", "load_state_dict_into_model", "convert_state_dict", "model_param_shapes",
            "keep_runtime_settings", "copy_weights"]
 
+
+_logger = logging.getLogger(__name__)
 
 _DISTILLED_KEYS = ("dist_token", "head_dist.weight", "head_dist.bias")
 _HEAD_KEYS = ("head.weight", "head.bias")
@@ -72,14 +79,39 @@ def _fmt_names(names, limit=20):
     return f"[{shown}{', ... (%d more)' % (len(names) - limit) if len(names) > limit else ''}]"
 
 
+def _fit_pos_embed(mapped, model_shape, model, source, model_name):
+    """The checkpoint's ``pos_embed``, resized to the model's patch grid when only the grid differs (same
+    width, same prefix tokens). Another width or other prefix tokens are returned unchanged: the shape
+    check reports them with the rest of the mismatch (a distilled checkpoint into a plain model is refused
+    before)."""
+    pos_embed = mapped["pos_embed"]
+    prefix = model.num_prefix_tokens
+    checkpoint_prefix = sum(name in mapped for name in ("cls_token", "dist_token"))
+    if (tuple(pos_embed.shape) == model_shape or pos_embed.ndim != 3 or pos_embed.shape[0] != 1
+            or pos_embed.shape[2] != model_shape[2] or checkpoint_prefix != prefix):
+        return pos_embed
+    new_grid = square_grid(model_shape[1], prefix)  # a model's grid is square by construction
+    try:
+        old_grid = square_grid(pos_embed.shape[1], prefix)
+    except ValueError as e:
+        raise CheckpointError(
+            f"checkpoint {source}: pos_embed {tuple(pos_embed.shape)} cannot be resized to the "
+            f"{new_grid[0]}x{new_grid[1]} patch grid of {model_name}: {e}", mismatched=["pos_embed"]) from None
+    kept = "class token" if prefix == 1 else "class and distillation tokens"
+    _logger.info("checkpoint %s: pos_embed resized from the %dx%d to the %dx%d patch grid of %s (bicubic), "
+                 "%s kept", source, *old_grid, *new_grid, model_name, kept)
+    return resize_pos_embed(pos_embed, new_grid, old_grid, prefix)
+
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: bool = True,
                        source: str = "checkpoint", model_name: Optional[str] = None) -> StateDict:
     """Map a timm/DeiT-named state dict onto ``model``'s parameter names and check it fits.
 
     Returns ``{model_param_name: array}`` cast to each parameter's dtype. Raises :class:`CheckpointError`
     listing every missing, unexpected and wrongly-shaped parameter. With ``strict=False`` missing and
-    unexpected names are only warned about; shape mismatches are always errors (nothing is resized).
-    A head of a different shape alone (other ``num_classes``) is dropped with a warning.
+    unexpected names are only warned about; shape mismatches are always errors, except a ``pos_embed``
+    over another patch grid (resized to the model's, see :func:`_fit_pos_embed`) and a head of a different
+    shape alone (other ``num_classes``), which is dropped with a warning.
     """
     model_name = model_name or type(model).__name__
     shapes = model_param_shapes(model)
@@ -105,6 +137,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: b
             raise CheckpointError(f"checkpoint {source} maps two tensors onto {target}")
         else:
             mapped[target] = np.asarray(arr)
+    if "pos_embed" in mapped and "pos_embed" in shapes:
+        mapped["pos_embed"] = _fit_pos_embed(mapped, shapes["pos_embed"], model, source, model_name)
     missing = [n for n in shapes if n not in mapped]
     mismatched = [n for n, a in mapped.items() if tuple(a.shape) != shapes[n]]
 

@@ -24,7 +24,8 @@ from mindppt.models.flops import model_gmacs
 def test_registry_lists_every_variant():
     sizes = ("tiny", "small", "base")
     dense = ([f"deit_{size}_patch16_224" for size in sizes] + [f"deit_{size}_distilled_patch16_224" for size in sizes]
-             + [f"vit_{size}_patch16_224" for size in sizes] + ["deit_base_patch16_384", "vit_digits_patch4_16"])
+             + [f"vit_{size}_patch16_224" for size in sizes] + ["deit_base_patch16_384", "vit_digits_patch4_16",
+                                                                 "lvvit_s"])
     assert list_models() == sorted(dense + [f"ppt_{name}" for name in dense])
     with pytest.raises(ValueError, match="ppt_deit_small_patch16_224"):
         create_model("ppt_deit_smal_patch16_224")

@@ -1,5 +1,5 @@
 """Models: registry, DeiT/ViT backbones, and the PPT compression cell."""
-from . import augreg, deit  # noqa: F401  (register the constructors)
+from . import augreg, deit, lvvit  # noqa: F401  (register the constructors)
 from .ppt import TokenCompression, effective_r
 from .registry import create_model, is_model, list_models, register_model
 from .vit import CompressionInspector, VisionTransformer, inspect_compression

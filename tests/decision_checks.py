@@ -23,6 +23,12 @@ the thread count. So no exact cross-run equality of decisions can be asserted. W
   other tokens and are only checked per run; images whose decisions agree at every block are returned,
   so that their logits can be compared.
 
+A distilled DeiT protects two tokens (``num_protected`` = 2: class and distillation token) instead of
+the class token alone. Everything above then reads "protected tokens" for "class token": they come
+first in order with scores 3 and 2, are never dropped or merged, and the scores' variance, ranking
+and near-tie windows cover the other tokens; pooling's layout is class, distillation, the unmerged A
+tokens ascending, the other B tokens.
+
 The model runs come from :func:`probe`, which returns each compression block's info plus the scores it
 ranked and the keys it matched on (the real model code, the block's TokenCompression wrapped).
 """
@@ -45,6 +51,9 @@ U64 = 2.0 ** -53  # unit roundoff of float64
 # 4.6x that; they only catch a broken computation (the near-tie windows use the measured differences).
 FP32_SCORE_RTOL = 2 ** 11 * U32  # 1.2e-4: max |score difference| / largest score, per image and block
 FP32_SIM_ATOL = 2 ** 8 * U32  # 1.5e-5: max |similarity difference| (cosines)
+# Logits of images whose decisions agree, float32 model vs float64 reference: measured 6e-6-1.1e-5 of the
+# largest logit (DeiT-S, tests/test_parity.py, the four configurations above); bound 10x.
+FP32_LOGIT_RTOL = 1e-4
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +90,8 @@ _PROBES = weakref.WeakKeyDictionary()
 def probe(model, images):
     """Like ``inspect_compression`` (model built with ``trace_source=True``), with two more entries per
     block: ``scores`` (B, N_in) float32 and ``keys`` (B, H, N_in, D). Wraps the model's compression
-    cells on first use, so call it only after ``apply_amp`` and before any other graph of this model."""
+    cells on first use, so call it only after ``apply_amp`` and before any other graph of this model.
+    Each entry also holds the cell's ``num_protected``."""
     assert model.trace_source, "probe needs trace_source=True"
     inspector = _PROBES.get(model)
     if inspector is None:
@@ -94,7 +104,7 @@ def probe(model, images):
     keys = ("variance", "pooled", "size", "kept", "source", "scores", "keys")
     out = []
     for block, info in zip(model.compression_blocks, infos):
-        entry = {"block": block}
+        entry = {"block": block, "num_protected": model.blocks[block].compression.inner.num_protected}
         entry.update((key, value.asnumpy()) for key, value in zip(keys, info))
         out.append(entry)
     return logits.asnumpy(), out
@@ -105,9 +115,9 @@ def stack_images(results):
     logits = np.concatenate([result[0] for result in results])
     infos = []
     for j, first in enumerate(results[0][1]):
-        entry = {"block": first["block"]}
+        entry = {"block": first["block"], "num_protected": first["num_protected"]}
         for key in first:
-            if key != "block":
+            if key not in entry:
                 entry[key] = np.concatenate([result[1][j][key] for result in results])
         infos.append(entry)
     return logits, infos
@@ -117,12 +127,14 @@ def stack_images(results):
 # Runs in one format
 # --------------------------------------------------------------------------------------------
 
-def similarity_from_keys(keys):
+def similarity_from_keys(keys, num_protected=1):
     """The spec's pooling similarity (see ppt_reference.similarity) of every image, in float64."""
     metric = keys.astype(np.float64).sum(axis=1)  # (B, N, D); the mean's 1/H cancels below
     metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
     sim = np.einsum("bid,bjd->bij", metric[:, 0::2], metric[:, 1::2])
     sim[:, 0, :] = -np.inf
+    if num_protected == 2:
+        sim[:, :, 0] = -np.inf  # nothing merges into the distillation token
     return sim
 
 
@@ -132,31 +144,44 @@ class Run:
     ``threshold``: one number, or one per compression block.
     ``unit``: unit roundoff of the arithmetic that computed the variance from the scores.
     ``sim_slack``: how far the similarities held here may be from the ones the run matched on (a model
-    run's are recomputed in float64 from its keys; it matched on float32 values of the same formula)."""
+    run's are recomputed in float64 from its keys; it matched on float32 values of the same formula).
+    ``num_protected``: tokens in front that compression never drops or merges (1: class token; 2: class
+    and distillation token of a distilled DeiT)."""
 
-    def __init__(self, name, logits, blocks, threshold, unit, sim_slack=0.0):
+    def __init__(self, name, logits, blocks, threshold, unit, sim_slack=0.0, num_protected=1):
         self.name, self.logits, self.blocks = name, np.asarray(logits, np.float64), blocks
         self.threshold, self.unit, self.sim_slack = threshold, unit, sim_slack
+        self.num_protected = num_protected
+
+    @staticmethod
+    def _num_protected(infos):
+        # infos without the entry come from a class-token-only model (a distilled one would then fail the
+        # protected-score check loudly)
+        values = {int(info.get("num_protected", 1)) for info in infos}
+        assert len(values) <= 1, f"compression blocks protect different numbers of tokens: {values}"
+        return values.pop() if values else 1
 
     @classmethod
     def from_model(cls, name, logits, infos, threshold):
+        num_protected = cls._num_protected(infos)
         blocks = []
         for info in infos:
             heads, head_dim = info["keys"].shape[1], info["keys"].shape[3]
             blocks.append(dict(block=info["block"], variance=info["variance"], pooled=info["pooled"].astype(bool),
                                kept=info["kept"].astype(np.int64), size=info["size"], source=info["source"],
                                scores=info["scores"].astype(np.float64),
-                               similarity=similarity_from_keys(info["keys"])))
+                               similarity=similarity_from_keys(info["keys"], num_protected)))
         # float32 evaluation of the similarity (sum over heads, norms, dot products of length head_dim):
         # a few roundings per term, with margin
-        return cls(name, logits, blocks, threshold, U32, sim_slack=4 * (heads + head_dim + 8) * U32 if infos else 0.0)
+        return cls(name, logits, blocks, threshold, U32, sim_slack=4 * (heads + head_dim + 8) * U32 if infos else 0.0,
+                   num_protected=num_protected)
 
     @classmethod
     def from_reference(cls, name, logits, infos, threshold):
         blocks = [dict(block=info["block"], variance=info["variance"], pooled=info["pool"], kept=info["kept"],
                        size=info["size"], source=info["source"], scores=info["scores"],
                        similarity=info["similarity"]) for info in infos]
-        return cls(name, logits, blocks, threshold, U64)
+        return cls(name, logits, blocks, threshold, U64, num_protected=cls._num_protected(infos))
 
     def threshold_at(self, i):
         if isinstance(self.threshold, (list, tuple, np.ndarray)):
@@ -183,8 +208,8 @@ def _keys(source):
     return [row.tobytes() for row in (np.asarray(source) > 0.5).astype(np.uint8)]
 
 
-def _exact_variance(scores):
-    return float(np.var(scores[1:], ddof=1))
+def _exact_variance(scores, num_protected):
+    return float(np.var(scores[num_protected:], ddof=1))
 
 
 def _variance_eval_error(run, n, variance):
@@ -194,27 +219,44 @@ def _variance_eval_error(run, n, variance):
     return (n + 8) * run.unit * abs(variance)
 
 
-def _pool_layout(img):
+def _pool_rows(n_unmerged, n_out, num_protected):
+    """Output rows of a pooled image holding the unmerged A tokens and the B tokens, each in the spec's
+    order: A rows first, then B rows; with a distillation token (the first B token) at row 1 instead."""
+    if num_protected == 1:
+        return np.arange(n_unmerged), np.arange(n_unmerged, n_out)
+    return (np.concatenate([[0], np.arange(2, n_unmerged + 1)]),
+            np.concatenate([[1], np.arange(n_unmerged + 1, n_out)]))
+
+
+def _pool_layout(img, num_protected):
     """Merged A tokens and their B targets, read off a pooled image's kept indices and source map."""
     n_in, n_out = img["in_source"].shape[0], img["source"].shape[0]
     n_a, r = (n_in + 1) // 2, n_in - n_out
     n_unmerged = n_a - r
-    unmerged = img["kept"][:n_unmerged] // 2
+    a_rows, b_rows = _pool_rows(n_unmerged, n_out, num_protected)
+    unmerged = img["kept"][a_rows] // 2
     merged = np.setdiff1d(np.arange(n_a), unmerged)
-    # the output row that holds each input token's patches
+    # the output row that holds each input token's patches, and the B token (-1: none) each row holds
     overlap = img["in_source"] @ img["source"].T
     row = overlap.argmax(axis=1)
-    targets = {int(a): int(row[2 * a] - n_unmerged) for a in merged}
-    return n_unmerged, unmerged, merged, targets, overlap, row
+    b_of_row = np.full(n_out, -1)
+    b_of_row[b_rows] = np.arange(len(b_rows))
+    targets = {int(a): int(b_of_row[row[2 * a]]) for a in merged}
+    return a_rows, b_rows, unmerged, merged, targets, overlap, row
 
 
 # --------------------------------------------------------------------------------------------
 # Per run: the spec's rules applied to the run's own numbers, exactly
 # --------------------------------------------------------------------------------------------
 
+_PROTECTED_NAMES = {1: "class token", 2: "class and distillation tokens"}
+
+
 def check_run(run):
     """Every decision of ``run`` follows from its own scores, variance and similarities (see module doc).
     Exact, except the similarity comparisons, which allow ``run.sim_slack``."""
+    p = run.num_protected
+    protected_scores = 2.0 + np.arange(p)[::-1]  # class 2; class 3 and distillation 2
     for i, blk in enumerate(run.blocks):
         for b in range(len(blk["pooled"])):
             img = run.image(i, b)
@@ -222,11 +264,14 @@ def check_run(run):
             n_in, n_out = img["in_source"].shape[0], img["source"].shape[0]
             scores, kept, in_source, source = img["scores"], img["kept"], img["in_source"], img["source"]
             assert scores.shape == (n_in,) and kept.shape == (n_out,), where
-            assert kept[0] == 0 and scores[0] == 2.0, f"{where}: class token not first"
+            assert np.array_equal(kept[:p], np.arange(p)) and np.array_equal(scores[:p], protected_scores), \
+                f"{where}: {_PROTECTED_NAMES[p]} not first"
+            np.testing.assert_array_equal(source[:p], in_source[:p],
+                                          err_msg=f"{where}: {_PROTECTED_NAMES[p]} dropped, moved or merged")
             threshold = np.asarray(run.threshold_at(i), img["var_dtype"])
             assert img["pooled"] == bool(np.asarray(img["variance"], img["var_dtype"]) < threshold), \
                 f"{where}: policy is not variance < threshold"
-            exact = _exact_variance(scores)
+            exact = _exact_variance(scores, p)
             assert abs(img["variance"] - exact) <= _variance_eval_error(run, n_in, exact), \
                 f"{where}: variance {img['variance']!r} is not the variance of the scores ({exact!r})"
             np.testing.assert_array_equal(img["size"], source.sum(axis=1), err_msg=where)
@@ -234,24 +279,26 @@ def check_run(run):
                 _check_pooled(run, img, where)
             else:
                 np.testing.assert_array_equal(source, in_source[kept], err_msg=f"{where}: pruned sources")
-                ranked = scores[kept[1:]]
+                ranked = scores[kept[p:]]
                 assert np.all(np.diff(ranked) <= 0), f"{where}: kept tokens not in descending score order"
-                dropped = np.setdiff1d(np.arange(1, n_in), kept)
+                dropped = np.setdiff1d(np.arange(p, n_in), kept)
                 assert ranked.min() >= scores[dropped].max(), f"{where}: a dropped token outscores a kept one"
 
 
 def _check_pooled(run, img, where):
     n_in = img["in_source"].shape[0]
-    n_unmerged, unmerged, merged, targets, overlap, row = _pool_layout(img)
+    a_rows, b_rows, unmerged, merged, targets, overlap, row = _pool_layout(img, run.num_protected)
     kept = img["kept"]
-    assert np.all(kept[:n_unmerged] % 2 == 0) and np.all(np.diff(kept[:n_unmerged]) > 0), f"{where}: A layout"
-    np.testing.assert_array_equal(kept[n_unmerged:], np.arange(1, n_in, 2), err_msg=f"{where}: B layout")
+    kept_a = kept[a_rows]
+    assert np.all(kept_a % 2 == 0) and np.all(np.diff(kept_a) > 0), f"{where}: A layout"
+    np.testing.assert_array_equal(kept[b_rows], np.arange(1, n_in, 2), err_msg=f"{where}: B layout")
     # every input token lies wholly in one output row: its own, or (merged A) its target B's
     np.testing.assert_array_equal(overlap[np.arange(n_in), row], img["in_source"].sum(axis=1), err_msg=where)
     expected = img["in_source"][kept].copy()
     for a, t in targets.items():
         assert 0 <= t < n_in // 2, f"{where}: A token {a} not merged into a B token"
-        expected[n_unmerged + t] += img["in_source"][2 * a]
+        assert run.num_protected == 1 or t != 0, f"{where}: A token {a} merged into the distillation token"
+        expected[b_rows[t]] += img["in_source"][2 * a]
     np.testing.assert_array_equal(img["source"], expected, err_msg=f"{where}: pooled sources")
     sim, slack = img["similarity"], run.sim_slack
     best = sim.max(axis=1)
@@ -295,19 +342,21 @@ def compare_runs(run, ref, score_rtol, sim_atol, log=None):
 
 
 def _compare_image(mine, theirs, keys, ref_keys, run, ref, threshold, score_rtol, sim_atol, where, log):
+    p = ref.num_protected
+    assert run.num_protected == p, f"{where}: the runs protect {run.num_protected} and {p} tokens"
     position = {key: j for j, key in enumerate(ref_keys)}
     perm = np.array([position[key] for key in keys])  # ref index of each of my tokens
     s, s_ref = mine["scores"], theirs["scores"][perm]
-    n = len(s) - 1
-    delta = float(np.abs(s[1:] - s_ref[1:]).max())
-    assert delta <= score_rtol * s_ref[1:].max(), \
-        f"{where}: scores differ by {delta:.3g} ({delta / s_ref[1:].max():.2e} of the largest), " \
+    n = len(s) - p  # unprotected tokens
+    delta = float(np.abs(s[p:] - s_ref[p:]).max())
+    assert delta <= score_rtol * s_ref[p:].max(), \
+        f"{where}: scores differ by {delta:.3g} ({delta / s_ref[p:].max():.2e} of the largest), " \
         f"bound {score_rtol:.2e}"
     # variance error implied by delta (sum(c) = 0 makes the first-order term delta * sum|c|) plus both
     # runs' own evaluation error
-    centred = s_ref[1:] - s_ref[1:].mean()
+    centred = s_ref[p:] - s_ref[p:].mean()
     var_err = (2 * delta * np.abs(centred).sum() + 4 * n * delta ** 2) / (n - 1) \
-        + _variance_eval_error(run, n + 1, mine["variance"]) + _variance_eval_error(ref, n + 1, theirs["variance"])
+        + _variance_eval_error(run, len(s), mine["variance"]) + _variance_eval_error(ref, len(s), theirs["variance"])
     assert abs(mine["variance"] - theirs["variance"]) <= var_err, \
         f"{where}: variances {mine['variance']:.6g} / {theirs['variance']:.6g} differ by more than {var_err:.3g}"
     if abs(theirs["variance"] - threshold) > var_err:
@@ -319,14 +368,14 @@ def _compare_image(mine, theirs, keys, ref_keys, run, ref, threshold, score_rtol
         return False
     if mine["pooled"]:
         return _compare_pooled(mine, theirs, keys, ref_keys, run, ref, sim_atol, where, log)
-    return _compare_pruned(mine, theirs, keys, ref_keys, perm, delta, where, log)
+    return _compare_pruned(mine, theirs, keys, ref_keys, perm, delta, p, where, log)
 
 
-def _compare_pruned(mine, theirs, keys, ref_keys, perm, delta, where, log):
+def _compare_pruned(mine, theirs, keys, ref_keys, perm, delta, p, where, log):
     s_ref = theirs["scores"]
     window = 2 * delta
-    m = len(theirs["kept"]) - 1  # kept besides the class token
-    ranked = np.sort(s_ref[1:])[::-1]
+    m = len(theirs["kept"]) - p  # kept besides the protected tokens
+    ranked = np.sort(s_ref[p:])[::-1]
     cut_high, cut_low = ranked[m - 1], ranked[m]  # last kept, first dropped (reference run)
     kept_ref = perm[mine["kept"]]  # my kept tokens as ref indices
     for token in set(kept_ref.tolist()) ^ set(theirs["kept"].tolist()):
@@ -354,8 +403,8 @@ def _compare_pooled(mine, theirs, keys, ref_keys, run, ref, sim_atol, where, log
     assert delta <= sim_atol, f"{where}: pooling similarities differ by {delta:.3g}, bound {sim_atol:.2e}"
     # both runs match on their own values, within sim_slack of the ones held here
     window = 2 * delta + 4 * (run.sim_slack + ref.sim_slack)
-    _, _, merged, targets, _, _ = _pool_layout(mine)
-    _, _, merged_ref, targets_ref, _, _ = _pool_layout(theirs)
+    _, _, _, merged, targets, _, _ = _pool_layout(mine, run.num_protected)
+    _, _, _, merged_ref, targets_ref, _, _ = _pool_layout(theirs, ref.num_protected)
     best = np.sort(sim_ref.max(axis=1)[1:])[::-1]
     r = len(merged_ref)
     cut_high, cut_low = (best[r - 1], best[r]) if 0 < r < len(best) else (np.inf, -np.inf)
@@ -384,6 +433,7 @@ def score_errors(run, ref):
     """Per block, the largest delta / max score over images whose input tokens match, and the largest
     similarity difference over images whose input tokens match in order (for printing)."""
     scores, sims = [], []
+    p = ref.num_protected
     for i in range(len(ref.blocks)):
         worst, worst_sim = 0.0, 0.0
         for b in range(len(ref.blocks[i]["pooled"])):
@@ -393,7 +443,7 @@ def score_errors(run, ref):
                 continue
             position = {key: j for j, key in enumerate(ref_keys)}
             s_ref = theirs["scores"][[position[key] for key in keys]]
-            worst = max(worst, float(np.abs(mine["scores"][1:] - s_ref[1:]).max() / s_ref[1:].max()))
+            worst = max(worst, float(np.abs(mine["scores"][p:] - s_ref[p:]).max() / s_ref[p:].max()))
             if keys == ref_keys:
                 finite = np.isfinite(theirs["similarity"])
                 diff = mine["similarity"][finite] - theirs["similarity"][finite]

@@ -219,7 +219,7 @@ def compress(x, size, source, attn, k, v, r, threshold, num_protected=1):
     else:
         x, size, source, kept = prune(x, size, source, scores, r_eff)
     info = dict(variance=variance, pool=bool(use_pool), size=size.copy(), scores=scores,
-                similarity=similarity(k, num_protected),
+                similarity=similarity(k, num_protected), num_protected=num_protected,
                 source=source.copy(), kept=np.asarray(kept, dtype=np.int64))
     return x, size, source, info
 
@@ -289,13 +289,15 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
 
     Returns (logits (B, num_classes) float64, infos): infos has one dict per compression block, in
     block order, with arrays batched over images:
-      'block': int, 'variance': (B,) float64, 'pool': (B,) bool (True = pooled),
+      'block': int, 'num_protected': int (1, or 2 with a distillation token),
+      'variance': (B,) float64, 'pool': (B,) bool (True = pooled),
       'size': (B, N_out) float64, 'source': (B, N_out, N_original) int 0/1,
       'kept': (B, N_out) int, the index (in this block's input token order) each output token
       comes from (prune: the kept token; pool: the unmerged A token, or the B token),
-      'scores': (B, N_in) float64, the normalised significance scores (class token set to 2),
+      'scores': (B, N_in) float64, the normalised significance scores (class token set to 2; with a
+      distillation token, class 3 and distillation 2),
       'similarity': (B, ceil(N_in / 2), floor(N_in / 2)) float64, the A-to-B cosine similarity that
-      pooling matches on (class-token row -inf), whatever the policy.
+      pooling matches on (class-token row -inf, and the distillation token's column), whatever the policy.
     """
     images = np.asarray(images, dtype=np.float64)
     depth = _depth(params)
@@ -313,6 +315,7 @@ def reference_forward(params, images, *, num_heads, r_tokens=0, pp_loc_list=(), 
         items = [infos[j] for infos in per_image]
         batched.append(dict(
             block=block,
+            num_protected=items[0]["num_protected"],
             variance=np.array([it["variance"] for it in items], dtype=np.float64),
             pool=np.array([it["pool"] for it in items], dtype=bool),
             size=np.stack([it["size"] for it in items]).astype(np.float64),

@@ -9,23 +9,23 @@ N = 13  # class token + 12
 R = 4
 
 
-def make_run(name, scores, keys, threshold):
+def make_run(name, scores, keys, threshold, num_protected=1):
     """One compression block (block 3) of the images whose scores (B, N) and keys (B, 1, N, D) are given,
-    decided by the spec (ppt_reference.prune / pool)."""
+    decided by the spec (ppt_reference.prune / pool; ``num_protected`` 2: a distilled DeiT's rule)."""
     fields = {key: [] for key in ("variance", "pooled", "kept", "size", "source", "scores", "similarity")}
     for s, k in zip(scores, keys):
-        variance = float(np.var(s[1:], ddof=1))
+        variance = float(np.var(s[num_protected:], ddof=1))
         pooled = variance < threshold
         x, size, source = np.zeros((N, 1)), np.ones(N), np.eye(N, dtype=np.int64)
         if pooled:
-            _, size, source, kept = ref.pool(x, size, source, k, R)
+            _, size, source, kept = ref.pool(x, size, source, k, R, num_protected)
         else:
             _, size, source, kept = ref.prune(x, size, source, s, R)
-        for key, value in zip(fields, (variance, pooled, kept, size, source, s, ref.similarity(k))):
+        for key, value in zip(fields, (variance, pooled, kept, size, source, s, ref.similarity(k, num_protected))):
             fields[key].append(value)
     block = {key: np.array(value) for key, value in fields.items()}
     block["block"] = 3
-    return Run(name, np.zeros((len(scores), 2)), [block], threshold, U64)
+    return Run(name, np.zeros((len(scores), 2)), [block], threshold, U64, num_protected=num_protected)
 
 
 def _scores():
@@ -128,3 +128,90 @@ def test_pooling_may_merge_a_near_tie_either_way_nothing_else():
     block["size"][0] = source.sum(axis=1)
     with pytest.raises(AssertionError, match="not merged into its best match"):
         check_run(tampered)
+
+
+# --------------------------------------------------------------------------------------------
+# Distilled DeiT: class and distillation tokens protected (num_protected = 2)
+# --------------------------------------------------------------------------------------------
+
+def _distilled_scores():
+    """Class 3, distillation 2, then 11 positive scores summing to 1 (no near-ties)."""
+    values = np.array([0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.03, 0.01])
+    order = np.random.default_rng(2).permutation(11)
+    return np.concatenate([[3.0, 2.0], values[order] / values.sum()])
+
+
+def _retamper(run, kept=None, source=None):
+    """``run``'s single image with other kept indices and/or source rows (sizes follow the sources)."""
+    block = run.blocks[0]
+    if kept is not None:
+        block["kept"][0] = kept
+        block["source"][0] = np.eye(N, dtype=np.int64)[kept]
+    if source is not None:
+        block["source"][0] = source
+    block["size"][0] = block["source"][0].sum(axis=1)
+    return run
+
+
+def test_distilled_runs_follow_the_two_token_rule():
+    s, keys = _distilled_scores(), _keys()
+    for threshold in (0.0, 1e9):
+        run = make_run("distilled", s[None], keys[None], threshold, num_protected=2)
+        kept = run.blocks[0]["kept"][0]
+        assert list(kept[:2]) == [0, 1] and run.blocks[0]["pooled"][0] == (threshold > 0)
+        assert compare_runs(run, run, score_rtol=1e-9, sim_atol=1e-9)[0]
+    # the same run read with the class token alone protected breaks the one-token rule
+    plain = make_run("distilled", s[None], keys[None], 0.0, num_protected=2)
+    plain.num_protected = 1
+    with pytest.raises(AssertionError, match="class token not first"):
+        check_run(plain)
+
+
+def test_distilled_pruning_that_drops_or_moves_the_distillation_token_is_rejected():
+    s, keys = _distilled_scores(), _keys()
+    kept = make_run("a", s[None], keys[None], 0.0, num_protected=2).blocks[0]["kept"][0]
+    dropped = np.setdiff1d(np.arange(N), kept)
+    # the official rule: the distillation token ranked with the patches (here the lowest) and pruned, so the
+    # best remaining patch moves to position 1
+    official = np.concatenate([[0], kept[2:], [dropped[0]]])
+    moved = np.concatenate([[0], kept[2:3], [1], kept[3:]])  # kept, but at position 2
+    for name, tampered, match in (("dropped", official, "not first"), ("moved", moved, "not first")):
+        run = _retamper(make_run(name, s[None], keys[None], 0.0, num_protected=2), kept=tampered)
+        with pytest.raises(AssertionError, match=match):
+            check_run(run)
+    # the official scores (class token 2, the distillation token scored like a patch) contradict the rule
+    official_scores = s.copy()
+    official_scores[:2] = [2.0, 0.0]
+    run = make_run("scored", s[None], keys[None], 0.0, num_protected=2)
+    run.blocks[0]["scores"][0] = official_scores
+    with pytest.raises(AssertionError, match="class and distillation tokens not first"):
+        check_run(run)
+    run = make_run("variance", s[None], keys[None], 0.0, num_protected=2)
+    run.blocks[0]["variance"][0] = np.var(s[1:], ddof=1)  # the distillation token's score 2 included
+    with pytest.raises(AssertionError, match="is not the variance of the scores"):
+        check_run(run)
+
+
+def test_distilled_pooling_that_merges_into_or_moves_the_distillation_token_is_rejected():
+    s, keys = _distilled_scores(), _keys()
+    good = make_run("a", s[None], keys[None], 1e9, num_protected=2)
+    kept, source = good.blocks[0]["kept"][0], good.blocks[0]["source"][0]
+    # an unmerged A token's patches moved into the distillation token's row
+    merged_in = source.copy()
+    a_row = 2  # the first unmerged A token after the class token
+    assert kept[a_row] % 2 == 0 and kept[a_row] > 0
+    merged_in[1] += merged_in[a_row]
+    merged_in[a_row] = 0
+    run = _retamper(make_run("merged into", s[None], keys[None], 1e9, num_protected=2), source=merged_in)
+    with pytest.raises(AssertionError, match="dropped, moved or merged"):
+        check_run(run)
+    # ToMe's plain layout (all unmerged A tokens, then the B tokens): the distillation token not at 1
+    n_unmerged = N - R - N // 2
+    plain = np.concatenate([[0], kept[2:n_unmerged + 1], [1], kept[n_unmerged + 1:]])
+    run = _retamper(make_run("plain layout", s[None], keys[None], 1e9, num_protected=2), kept=plain)
+    with pytest.raises(AssertionError, match="not first"):
+        check_run(run)
+    # a run that protects one token is not compared with one that protects two
+    one = make_run("one", _scores()[0][None], keys[None], 1e9)
+    with pytest.raises(AssertionError, match="protect 2 and 1 tokens|protect 1 and 2 tokens"):
+        compare_runs(good, one, score_rtol=1e-9, sim_atol=1e-9)

@@ -244,3 +244,35 @@ def test_deit_small_block3_variances_split_a_batch():
     _, infos = ref.reference_forward(params, images, num_heads=6, r_tokens=50, pp_loc_list=(3,))
     v = infos[0]["variance"]
     assert v.max() / v.min() > 1.5
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1e9], ids=["prune", "pool"])
+def test_distilled_tokens_protected(threshold):
+    """With a distillation token: r at most half the unprotected tokens, class and distillation tokens at
+    positions 0 and 1 with scores 3 and 2, alone, in every block; variance over the other tokens; pooling
+    outputs class, distillation, unmerged A (ascending), other B."""
+    rng = np.random.default_rng(4)
+    params = ref.random_deit_params(rng, num_classes=10, distilled=True, **SMALL)
+    assert params["pos_embed"].shape == (1, 198, SMALL["embed_dim"])
+    images = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    logits, infos = ref.reference_forward(params, images, num_heads=3, r_tokens=50, pp_loc_list=(3, 6, 9),
+                                          threshold=threshold)
+    assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+    assert [i["size"].shape[1] for i in infos] == [148, 98, 50]  # r = min(50, (98 - 2) // 2) = 48 at block 9
+    eye = np.eye(198, dtype=np.int64)
+    for info in infos:
+        assert info["num_protected"] == 2 and np.all(info["pool"] == (threshold > 0))
+        np.testing.assert_array_equal(info["kept"][:, :2], [[0, 1], [0, 1]])
+        np.testing.assert_array_equal(info["scores"][:, :2], [[3.0, 2.0], [3.0, 2.0]])
+        np.testing.assert_array_equal(info["size"][:, :2], np.ones((2, 2)))
+        np.testing.assert_array_equal(info["source"][:, :2], np.broadcast_to(eye[:2], (2, 2, 198)))
+        for b in range(2):
+            np.testing.assert_allclose(info["variance"][b], np.var(info["scores"][b, 2:], ddof=1), rtol=1e-12)
+            np.testing.assert_allclose(info["scores"][b, 2:].sum(), 1.0, rtol=1e-12)
+            assert np.all(np.isneginf(info["similarity"][b, 0])) and np.all(np.isneginf(info["similarity"][b, :, 0]))
+            if threshold > 0:
+                n_in = info["scores"].shape[1]
+                kept, n_b = info["kept"][b], n_in // 2
+                a_part = kept[2:len(kept) - n_b + 1]
+                assert np.all(a_part % 2 == 0) and np.all(np.diff(a_part) > 0)
+                np.testing.assert_array_equal(kept[len(kept) - n_b + 1:], np.arange(3, n_in, 2))

@@ -4,8 +4,8 @@ Ranks other than 0 print warnings and errors only and never write files, so a da
 one readable log.
 
 A run may log before it knows where to write (the trainer opens ``train.log`` only once the data and the
-model are known to be usable). Warnings logged meanwhile (e.g. skipped image files, a clamped
-``r_tokens``) are kept, and written at the top of the file when :func:`get_logger` opens it.
+model are known to be usable). Lines logged meanwhile (e.g. skipped image files, a clamped ``r_tokens``,
+a resized position embedding) are kept, and written at the top of the file when :func:`get_logger` opens it.
 """
 import logging
 import math
@@ -19,11 +19,11 @@ _FORMAT = "[%(asctime)s] %(levelname)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
-class _EarlyWarnings(logging.Handler):
-    """Keeps the warnings logged while no file is open (the first ``capacity`` of them)."""
+class _EarlyRecords(logging.Handler):
+    """Keeps the lines logged while no file is open (the first ``capacity`` of them)."""
 
     def __init__(self, capacity=200):
-        super().__init__(level=logging.WARNING)
+        super().__init__()
         self.capacity = capacity
         self.records = []
 
@@ -34,13 +34,13 @@ class _EarlyWarnings(logging.Handler):
 
 def get_logger(output_dir=None, rank=0, name="mindppt", filename="train.log", level=logging.INFO):
     """Configure and return the ``name`` logger. Calling it again replaces the handlers (no duplicate
-    lines), e.g. once ``output_dir`` is known: the warnings logged since the previous call without
+    lines), e.g. once ``output_dir`` is known: the lines logged since the previous call without
     ``output_dir`` are then written to the file first. The file is opened in append mode so a resumed
     run continues the same log."""
     logger = logging.getLogger(name)
     early = []
     for handler in list(logger.handlers):
-        if isinstance(handler, _EarlyWarnings):
+        if isinstance(handler, _EarlyRecords):
             early = handler.records
         logger.removeHandler(handler)
         handler.close()
@@ -60,7 +60,7 @@ def get_logger(output_dir=None, rank=0, name="mindppt", filename="train.log", le
             file_handler.handle(record)
         logger.addHandler(file_handler)
     elif not output_dir:
-        logger.addHandler(_EarlyWarnings())
+        logger.addHandler(_EarlyRecords())
     return logger
 
 

@@ -14,12 +14,14 @@ import contextlib
 import logging
 import math
 
+import mindspore as ms
 import numpy as np
 import pytest
 from checkpoint_helpers import TINY, model_params, to_torch, torch_save
 from decision_checks import FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe
 from model_helpers import random_images
 from ppt_reference import deit_config, random_deit_params, reference_forward
+from tool_helpers import EVAL, run_tool
 
 from mindppt.errors import CheckpointError
 from mindppt.models import create_model
@@ -331,3 +333,14 @@ def test_parity_at_384_with_resized_pos_embed(at_384, case):
         assert agree.all()
     if agree.any():
         assert err[agree].max() < LOGIT_RTOL
+
+
+def test_eval_tool_logs_the_resize_once(tiny_config, tmp_path):
+    """The loader's line reaches a tool's log: weights saved at 16 px (4x4 patches) evaluated at 32 px."""
+    ms.save_checkpoint(create_model("vit_digits_patch4_16", num_classes=3), str(tmp_path / "w16.ckpt"))
+    result = run_tool(EVAL, "-c", tiny_config, "--ckpt_path", tmp_path / "w16.ckpt", "--image_size", "32",
+                      timeout=600)
+    assert result.returncode == 0, result
+    lines = [line for line in result.stdout.splitlines() if "pos_embed resized" in line]
+    assert len(lines) == 1, result.stdout
+    assert "from the 4x4 to the 8x8 patch grid" in lines[0] and "class token kept" in lines[0]

@@ -49,7 +49,7 @@ def main(argv=None):
     args, opts = parse_cli(argv, tool="analyze", tool_parser=tool_parser())
     if opts.split is not None:
         args.val_split = opts.split
-    logger = get_logger(None, 0, name="mindppt.analyze")
+    logger = get_logger(None, 0)
     summary = run_analysis(args, opts.out, max_images=opts.max_images, target_shares=opts.target_pool_ratio,
                            logger=logger)
     configured = summary["configured"]

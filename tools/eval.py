@@ -19,7 +19,7 @@ from mindppt.logger import get_logger  # noqa: E402
 
 def main(argv=None):
     args = parse_cli(argv, tool="eval")
-    logger = get_logger(None, 0, name="mindppt.eval")
+    logger = get_logger(None, 0)
     if args.distribute:
         logger.info("the recipe's distribute=true is for training: tools/eval.py runs on one device")
     metrics, _ = run_eval(args, logger)

@@ -58,7 +58,7 @@ def main(argv=None):
         raise ConfigError("the adaptive policy needs --thresholds (or eval_threshold in the config)")
     pp_loc_lists = opts.pp_loc_list or ([args.pp_loc_list] if args.pp_loc_list is not None else None)
     settings = expand_settings(opts.r, thresholds, pp_loc_lists, list(dict.fromkeys(opts.policy)))
-    logger = get_logger(None, 0, name="mindppt.sweep")
+    logger = get_logger(None, 0)
     # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the sweep the same way.
     signal.signal(signal.SIGTERM, interrupt)
     try:

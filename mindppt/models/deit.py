@@ -84,13 +84,13 @@ def ppt_deit_base_distilled_patch16_224(**kwargs):
 @register_model
 def deit_base_patch16_384(**kwargs):
     """DeiT-B fine-tuned at 384 px: 577 tokens."""
-    return _build(DEIT_SIZES["base"], False, img_size=384, **kwargs)
+    return _build(dict(DEIT_SIZES["base"], img_size=384), False, **kwargs)
 
 
 @register_model
 def ppt_deit_base_patch16_384(**kwargs):
     """DeiT-B at 384 px with PPT (577 -> 527 -> 477 -> 427 tokens with the default r=50 at blocks 3, 6, 9)."""
-    return _build(DEIT_SIZES["base"], True, img_size=384, **kwargs)
+    return _build(dict(DEIT_SIZES["base"], img_size=384), True, **kwargs)
 
 
 # 16x16 input: each of the 16 patches covers 2x2 pixels of the 8x8 scans.

@@ -176,6 +176,18 @@ def build_parser():
     _add(g, "val_interval", int_type(lo=1), 1, "validate every N epochs")
     _add(g, "keep_checkpoints", int_type(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
 
+    g = parser.add_argument_group("distillation")
+    _add(g, "distillation_type", choice("none", "hard"), "none",
+         "hard: DeiT's hard distillation, the distillation head of a distilled student learns the teacher's top-1 "
+         "class; none: no teacher (a distilled student then trains both heads on the targets through their mean)")
+    _add(g, "teacher_model", optional(str_type), None,
+         "registered model name of the teacher (DeiT's RegNetY-160 is not provided; e.g. deit_base_patch16_224)")
+    _add(g, "teacher_checkpoint", optional(str_type), None,
+         "the teacher's weights, any format the weight loader reads (converted .ckpt, DeiT/timm .pth/.safetensors/"
+         ".npz, a tools/train.py checkpoint); its head must have num_classes classes")
+    _add(g, "distillation_alpha", float_type(0.0, 1.0), 0.5,
+         "loss = (1 - alpha) * loss(class head, targets) + alpha * CE(distillation head, teacher's top-1) (DeiT: 0.5)")
+
     g = parser.add_argument_group("eval")
     _add(g, "metrics_out", optional(str_type), None, "write evaluation metrics to this JSON file")
     return parser
@@ -283,6 +295,8 @@ def _check_namespace(args):
     return None
 
 
+# The teacher and its loss (training only).
+DISTILLATION_OPTIONS = ("distillation_type", "teacher_model", "teacher_checkpoint", "distillation_alpha")
 # Options one tool reads and the other does not. A value given for them on the command line of the
 # other tool would do nothing, so it is refused (a YAML recipe is shared by both and may set them).
 TRAIN_ONLY = frozenset((
@@ -291,7 +305,7 @@ TRAIN_ONLY = frozenset((
     "mixup_switch_prob", "label_smoothing", "repeated_aug", "opt", "lr", "lr_per_512", "weight_decay",
     "filter_bias_and_bn", "momentum", "betas", "eps", "scheduler", "epoch_size", "warmup_epochs", "min_lr",
     "warmup_lr", "loss_scale_type", "loss_scale", "clip_grad", "resume", "save_every", "val_interval",
-    "keep_checkpoints"))
+    "keep_checkpoints") + DISTILLATION_OPTIONS)
 EVAL_ONLY = frozenset(("ckpt_path", "metrics_out"))
 # tools/demo.py trains a dense and a PPT model into its own folders and evaluates their final weights.
 DEMO_FIXED = frozenset(("model", "r_tokens", "output_dir", "ckpt_path", "metrics_out", "resume", "distribute",
@@ -343,6 +357,9 @@ def ineffective_options(args, given, tool=None):
         elif tool == "demo" and key in DEMO_FIXED:
             out[key] = "is set by the demo itself (a dense and a PPT digits ViT, trained from scratch into " \
                        "outputs/demo); run tools/train.py or tools/eval.py to choose it"
+        elif tool == "demo" and key in DISTILLATION_OPTIONS:
+            out[key] = "does not apply to the demo, whose digits ViTs have no distillation token; distil with " \
+                       "tools/train.py and a distilled model"
         elif tool == "train" and key in EVAL_ONLY:
             hint = TOOL_HINTS.get((tool, key), "")
             out[key] = f"is an option of tools/eval.py that training does not use; {hint}"
@@ -367,6 +384,8 @@ def ineffective_options(args, given, tool=None):
         ("jit_level", args.mode == "pynative", "mode is pynative; jit_level applies to --mode graph"),
         ("device_id", args.distribute and tool not in EVAL_TOOLS, "distribute is on: each process uses its rank's "
                                                           "device"),
+        *((key, args.distillation_type == "none", "distillation_type is none; pass --distillation_type hard")
+          for key in DISTILLATION_OPTIONS[1:]),
         ("checkpoint_path", tool in EVAL_TOOLS and args.ckpt_path is not None,
          f"tools/{tool}.py loads ckpt_path ({args.ckpt_path}); pass the weights with --ckpt_path"),
     )

@@ -18,6 +18,7 @@ from mindppt.config import (
 from mindppt.engine.build import model_kwargs
 from mindppt.engine.schedule import resolve_lr
 from mindppt.errors import ConfigError
+from mindppt.models import is_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -108,6 +109,8 @@ def test_wrong_type_in_yaml_names_key_value_and_type(tmp_path, capsys):
     ("mean: {a: 1}\n", "list"),
     ("model: [a, b]\n", "string"),
     ("distribute: maybe\n", "boolean"),
+    ("distillation_type: soft\n", "none, hard"),
+    ("distillation_alpha: 1.5\n", "in [0.0, 1.0]"),
 ])
 def test_wrong_values_in_yaml(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -265,6 +268,21 @@ def test_ppt_recipe_values():
     assert (args.mixup, args.cutmix, args.mixup_switch_prob, args.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
 
 
+def test_distilled_recipe_values():
+    """The distilled PPT recipe: the distilled DeiT-S with hard distillation from a registered teacher
+    (DeiT's RegNetY-160 is not provided), the PPT fine-tuning values of ppt_deit_s.yaml otherwise."""
+    args = parse_args(["-c", os.path.join(CONFIGS, "ppt_deit_s_distilled.yaml")])
+    plain = parse_args(["-c", os.path.join(CONFIGS, "ppt_deit_s.yaml")])
+    assert args.model == "ppt_deit_small_distilled_patch16_224" and is_model(args.model)
+    assert args.distillation_type == "hard" and args.distillation_alpha == 0.5
+    assert is_model(args.teacher_model) and args.teacher_checkpoint
+    text = open(os.path.join(CONFIGS, "ppt_deit_s_distilled.yaml"), encoding="utf-8").read()
+    assert "RegNetY-160" in text and "not provided" in text
+    differ = {k for k in vars(args) if getattr(args, k) != getattr(plain, k)}
+    assert differ == {"config", "model", "checkpoint_path", "output_dir", "distillation_type", "teacher_model",
+                      "teacher_checkpoint"}
+
+
 def test_help_lists_options(capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["--help"])
@@ -300,6 +318,16 @@ def test_help_lists_options(capsys):
     ("train", ["--distribute", "true", "--device_id", "1"], "--device_id has no effect"),
     (None, ["--r_tokens", "0", "--threshold", "1e-4"], "--threshold has no effect: r_tokens is 0"),
     (None, ["--r_tokens", "0,0,0,0,0,0,0,0,0,0,0,0", "--pp_loc_list", "1"], "--pp_loc_list has no effect"),
+    ("train", ["--teacher_model", "deit_base_patch16_224"],
+     "--teacher_model has no effect: distillation_type is none; pass --distillation_type hard"),
+    ("train", ["--teacher_checkpoint", "t.ckpt"], "--teacher_checkpoint has no effect: distillation_type is none"),
+    ("train", ["--distillation_alpha", "0.3"], "--distillation_alpha has no effect: distillation_type is none"),
+    ("train", ["--distillation_type", "hard", "--teacher_model", "deit_base_patch16_224", "--teacher_checkpoint",
+               "t.ckpt", "--distillation_alpha", "0.3"], None),
+    ("eval", ["--distillation_type", "hard"], "--distillation_type is a training option that tools/eval.py"),
+    ("sweep", ["--teacher_checkpoint", "t.ckpt"], "--teacher_checkpoint is a training option"),
+    ("export", ["--distillation_alpha", "0.3"], "--distillation_alpha is a training option"),
+    ("demo", ["--distillation_type", "hard"], "--distillation_type does not apply to the demo"),
 ])
 def test_command_line_options_that_would_do_nothing_are_refused(tool, argv, needle, capsys):
     if needle is None:

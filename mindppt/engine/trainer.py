@@ -6,6 +6,10 @@ LR table with its ``global_step`` (:mod:`.optim`, :mod:`.schedule`), the jitted
 ``mindspore.train.Model.train`` with the callbacks of :mod:`.callbacks` (progress, faults, validation,
 checkpoints through :mod:`.checkpointing`).
 
+Hard distillation (``distillation_type: hard``, :mod:`.distillation`): a frozen teacher, built from
+``teacher_checkpoint``, runs inside the training step on the same augmented images; it is named once in
+the log, and the checkpoints hold the student's training state only.
+
 Data parallel (``distribute: true`` under ``msrun``): DATA_PARALLEL with ``gradients_mean=True``, the
 training and validation sets sharded by rank, the same seed on every rank (identical initial weights),
 validation sums reduced over ranks, and only rank 0 writes the log, the merged config and the checkpoints.
@@ -44,6 +48,15 @@ from .build import (
 )
 from .callbacks import EpochEnd, TrainMonitor
 from .checkpointing import Checkpointer, RunState, resume
+from .distillation import (
+    DistillationNetWithLoss,
+    HardDistillationLoss,
+    build_teacher,
+    check_distillation_options,
+    checkpointed_state,
+    describe_distillation,
+    distilled_model,
+)
 from .ema import EMA
 from .evaluate import evaluate
 from .optim import create_optimizer
@@ -53,15 +66,25 @@ from .train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
 __all__ = ["train", "build_train_step"]
 
 
-def build_train_step(model, args, lr_values):
+def build_train_step(model, args, lr_values, teacher=None):
     """The recipe's jitted training step: AdamW/SGD on ``lr_values``, loss scaling, clipping and EMA as
-    ``args`` says (also what tools/benchmark.py and the op-support check compile)."""
+    ``args`` says (also what tools/benchmark.py and the op-support check compile). ``model``: the model, or
+    apply_amp's wrapper of it. With ``distillation_type hard`` the loss is DeiT's hard distillation from
+    ``teacher`` (:func:`.distillation.build_teacher`, which is called here when ``teacher`` is None); the
+    optimizer and the EMA hold the student's parameters only."""
     optimizer = create_optimizer(model.trainable_params(), opt=args.opt, lr=lr_values,
                                  weight_decay=args.weight_decay, filter_bias_and_bn=args.filter_bias_and_bn,
                                  betas=args.betas, eps=args.eps, momentum=args.momentum)
     ema = EMA(model.trainable_params(), args.ema_decay) if args.ema else None
-    return TrainStep(NetWithLoss(model, SoftTargetCrossEntropy()), optimizer, loss_scale_type=args.loss_scale_type,
-                     loss_scale=args.loss_scale, clip_grad=args.clip_grad, ema=ema)
+    if args.distillation_type == "hard":
+        student = distilled_model(model)
+        if teacher is None:
+            teacher, _ = build_teacher(args, student)
+        network = DistillationNetWithLoss(student, teacher, HardDistillationLoss(args.distillation_alpha))
+    else:
+        network = NetWithLoss(model, SoftTargetCrossEntropy())
+    return TrainStep(network, optimizer, loss_scale_type=args.loss_scale_type, loss_scale=args.loss_scale,
+                     clip_grad=args.clip_grad, ema=ema)
 
 
 def _summary(args, state, elapsed, rank, group_size):
@@ -87,6 +110,7 @@ def train(args):
     rank, group_size = init_distributed(args)
     is_main = rank == 0
     logger = get_logger(None, rank)  # stdout only until the data and the model are known to be usable
+    check_distillation_options(args)  # before the data is scanned
 
     train_loader, n_train, val_loader, n_val = create_train_loaders(args, rank, group_size)
     steps_per_epoch = train_loader.get_dataset_size()
@@ -94,6 +118,8 @@ def train(args):
     ms.set_seed(args.seed)  # identical initial weights on every rank
     model = build_model(args)
     eval_model = build_model(args, for_eval=True, with_weights=False)
+    teacher, teacher_info = build_teacher(args, model) if args.distillation_type == "hard" else (None, None)
+    distillation = describe_distillation(args, model, teacher_info)
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
     clamps = describe_r_clamps(r_clamps(model))
     params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
@@ -103,11 +129,12 @@ def train(args):
     lr_values = create_lr_schedule(base_lr=base_lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
                                    warmup_epochs=args.warmup_epochs, epochs=args.epoch_size,
                                    steps_per_epoch=steps_per_epoch, scheduler=args.scheduler)
-    train_step = build_train_step(model, args, lr_values)
+    train_step = build_train_step(model, args, lr_values, teacher)
+    saved_state = checkpointed_state(train_step)  # the teacher is rebuilt from its checkpoint, never saved
     state = RunState(epoch_size=args.epoch_size, steps_per_epoch=steps_per_epoch,
                      images_per_step=args.batch_size * group_size, lr_values=lr_values)
     if args.resume:
-        resume(args.resume, train_step, state, model_name=args.model, ema_enabled=bool(args.ema), logger=logger)
+        resume(args.resume, saved_state, state, model_name=args.model, ema_enabled=bool(args.ema), logger=logger)
         train_loader.set_init_step(state.global_step)
 
     logger = get_logger(args.output_dir, rank)  # now also output_dir/train.log (rank 0)
@@ -115,6 +142,8 @@ def train(args):
         save_config(args, os.path.join(args.output_dir, "config.yaml"))
     logger.info("model %s: %.3fM parameters, %.4f GMACs (tokens after each block %s%s)", args.model, params_m,
                 gmacs, token_schedule, f"; {clamps}, at most half the non-class tokens" if clamps else "")
+    if distillation:
+        logger.info(distillation)
     logger.info("data %s: %d train images (%d steps of %d x %d devices per epoch), %d val images", args.data_dir,
                 n_train, steps_per_epoch, args.batch_size, group_size, n_val)
     logger.info("%s lr %.3e (warmup %.1f epochs from %.1e, %s to %.1e), weight decay %g, %d epochs, amp %s, "
@@ -135,7 +164,7 @@ def train(args):
             results["ema"] = evaluate(eval_model, val_loader, batch_size=args.batch_size, all_reduce=reduce_sum)
         return results
 
-    checkpointer = Checkpointer(train_step, args.output_dir, model_name=args.model, state=state, is_main=is_main,
+    checkpointer = Checkpointer(saved_state, args.output_dir, model_name=args.model, state=state, is_main=is_main,
                                 save_every=args.save_every, keep=args.keep_checkpoints, logger=logger)
     monitor = TrainMonitor(state, checkpointer, logger, log_interval=args.log_interval, reduce_sum=reduce_sum,
                            group_size=group_size)

@@ -268,15 +268,17 @@ def test_ppt_recipe_values():
     assert (args.mixup, args.cutmix, args.mixup_switch_prob, args.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
 
 
-def test_distilled_recipe_values():
-    """The distilled PPT recipe: the distilled DeiT-S with hard distillation from a registered teacher
-    (DeiT's RegNetY-160 is not provided), the PPT fine-tuning values of ppt_deit_s.yaml otherwise."""
-    args = parse_args(["-c", os.path.join(CONFIGS, "ppt_deit_s_distilled.yaml")])
-    plain = parse_args(["-c", os.path.join(CONFIGS, "ppt_deit_s.yaml")])
-    assert args.model == "ppt_deit_small_distilled_patch16_224" and is_model(args.model)
+@pytest.mark.parametrize("size, student", [("s", "small"), ("t", "tiny")])
+def test_distilled_recipe_values(size, student):
+    """The distilled PPT recipes: the distilled DeiT with hard distillation from a registered teacher
+    (DeiT's RegNetY-160 is not provided), the PPT fine-tuning values of ppt_deit_<size>.yaml otherwise."""
+    path = os.path.join(CONFIGS, f"ppt_deit_{size}_distilled.yaml")
+    args = parse_args(["-c", path])
+    plain = parse_args(["-c", os.path.join(CONFIGS, f"ppt_deit_{size}.yaml")])
+    assert args.model == f"ppt_deit_{student}_distilled_patch16_224" and is_model(args.model)
     assert args.distillation_type == "hard" and args.distillation_alpha == 0.5
     assert is_model(args.teacher_model) and args.teacher_checkpoint
-    text = open(os.path.join(CONFIGS, "ppt_deit_s_distilled.yaml"), encoding="utf-8").read()
+    text = open(path, encoding="utf-8").read()
     assert "RegNetY-160" in text and "not provided" in text
     differ = {k for k in vars(args) if getattr(args, k) != getattr(plain, k)}
     assert differ == {"config", "model", "checkpoint_path", "output_dir", "distillation_type", "teacher_model",

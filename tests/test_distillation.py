@@ -325,6 +325,12 @@ def test_tools_train_distils_saves_without_the_teacher_and_resumes(runs):
     state = ckpt_arrays(os.path.join(out, "last.ckpt"))
     assert "head_dist.weight" in state and "adam_m.head_dist.weight" in state
     assert not [k for k in state if k.startswith(TEACHER_PREFIX)]
+    # a training checkpoint is a teacher checkpoint too (its model weights; no teacher inside to confuse it)
+    args = _args("--teacher_model", "deit_tiny_distilled_patch16_224", "--teacher_checkpoint",
+                 os.path.join(out, "last.ckpt"))
+    again, _ = build_teacher(args, tiny_student())
+    loaded = {p.name[len(TEACHER_PREFIX):]: p.asnumpy() for p in again.get_parameters()}
+    np.testing.assert_array_equal(loaded["head_dist.weight"], state["head_dist.weight"])
     assert resume.returncode == 0, resume
     assert f"resumed from {os.path.join(out, 'last.ckpt')}" in resume.stdout
     assert "nothing to train" in resume.stdout  # restored strictly, teacher rebuilt, no step left

@@ -17,6 +17,7 @@ from model_helpers import (
     sharpen_attention,
 )
 
+from mindppt.engine.build import r_clamps, warn_clamped_r_tokens
 from mindppt.models import create_model, inspect_compression, list_models
 from mindppt.models.flops import model_gmacs
 
@@ -228,3 +229,15 @@ def test_gelu_matches_exact_erf_gelu_and_its_gradient():
     assert np.isfinite(half).all()
     exact = exact_gelu(x[fits].astype(np.float16))
     assert np.all(np.abs(half - exact) <= FP16_GELU_TOL * (np.abs(exact) + 1))
+
+
+def test_r_clamp_warning_counts_the_distillation_token():
+    """r may be at most half of the patch tokens: (N - 2) // 2 with a distillation token. Asking a block for
+    all of its patch tokens warns; asking for one fewer is the halving rule, reported without a warning."""
+    # digits ViT (16 patches), distilled: 18 tokens -> at most 8 removed at block 1
+    fits = create_model("vit_digits_patch4_16", distilled=True, r_tokens=15, pp_loc_list=(1,))
+    assert fits.token_schedule[1] == (18, 10) and r_clamps(fits) == [(1, 15, 8, 18)]
+    assert warn_clamped_r_tokens(fits, 15) is None
+    too_many = create_model("vit_digits_patch4_16", distilled=True, r_tokens=16, pp_loc_list=(1,))
+    with pytest.warns(UserWarning, match=r"\(N - 2\) // 2"):
+        assert warn_clamped_r_tokens(too_many, 16)

@@ -160,7 +160,8 @@ def create_train_loaders(args, rank=0, group_size=1):
 
 def r_clamps(model):
     """``[(block, asked, removed, tokens_in)]`` for each block that removes fewer tokens than asked: a
-    compression removes at most half of its non-class tokens, ``(N - 1) // 2`` (PPT's and ToMe's rule)."""
+    compression removes at most half of its unprotected tokens, ``(N - 1) // 2``, or ``(N - 2) // 2`` with
+    a distillation token (PPT's and ToMe's rule)."""
     asked, schedule = getattr(model, "r_per_block", None), getattr(model, "token_schedule", None)
     if not asked or not schedule:
         return []
@@ -176,16 +177,17 @@ def describe_r_clamps(clamps):
 
 
 def warn_clamped_r_tokens(model, r_tokens):
-    """Warn (UserWarning) when a block was asked to remove at least as many tokens as it has non-class
+    """Warn (UserWarning) when a block was asked to remove at least as many tokens as it has patch
     tokens: that is a setting PPT cannot mean, not its halving rule (e.g. r=50 at blocks 3/6/9 of DeiT
     becomes 48 at block 9, as in the paper, and is only reported with the token schedule). Returns the
     message, or None."""
     clamps = r_clamps(model)
-    if not any(asked >= n_in - 1 for _, asked, _, n_in in clamps):
+    protected = getattr(model, "num_prefix_tokens", 1)
+    if not any(asked >= n_in - protected for _, asked, _, n_in in clamps):
         return None
     shown = "(the model's default)" if r_tokens is None else r_tokens
-    message = (f"r_tokens={shown} is more than PPT can remove (at most half of the non-class tokens of a "
-               f"block, (N - 1) // 2): {describe_r_clamps(clamps).replace('r clamped', 'clamped')}; "
+    message = (f"r_tokens={shown} is more than PPT can remove (at most half of the patch tokens of a "
+               f"block, (N - {protected}) // 2): {describe_r_clamps(clamps).replace('r clamped', 'clamped')}; "
                f"tokens after each block: {[n_out for _, n_out in model.token_schedule]}")
     warnings.warn(message, UserWarning, stacklevel=2)
     return message

@@ -124,6 +124,12 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model, *, strict: b
             f"distillation token; load it into a distilled model (deit_*_distilled_patch16_224 or its "
             f"ppt_ variant)"
         )
+    if not distilled and "dist_token" in shapes:
+        raise CheckpointError(
+            f"checkpoint {source} has no distillation token (dist_token, head_dist) and {model_name} is a "
+            f"distilled DeiT; load it into a model without 'distilled' in its name (deit_*_patch16_224 or "
+            f"its ppt_ variant)"
+        )
 
     mapped: StateDict = {}
     unexpected = []

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-__all__ = ["get_logger", "format_eta", "Progress"]
+__all__ = ["get_logger", "has_run_log", "format_eta", "Progress"]
 
 _FORMAT = "[%(asctime)s] %(levelname)s %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -32,11 +32,12 @@ class _EarlyRecords(logging.Handler):
             self.records.append(record)
 
 
-def get_logger(output_dir=None, rank=0, name="mindppt", filename="train.log", level=logging.INFO):
+def get_logger(output_dir=None, rank=0, name="mindppt", filename="train.log", level=logging.INFO,
+               file_to_come=False):
     """Configure and return the ``name`` logger. Calling it again replaces the handlers (no duplicate
-    lines), e.g. once ``output_dir`` is known: the lines logged since the previous call without
-    ``output_dir`` are then written to the file first. The file is opened in append mode so a resumed
-    run continues the same log."""
+    lines), e.g. once ``output_dir`` is known: with ``file_to_come``, the lines logged since the previous
+    call without ``output_dir`` are then written to the file first. The file is opened in append mode so
+    a resumed run continues the same log."""
     logger = logging.getLogger(name)
     early = []
     for handler in list(logger.handlers):
@@ -59,9 +60,14 @@ def get_logger(output_dir=None, rank=0, name="mindppt", filename="train.log", le
         for record in early:
             file_handler.handle(record)
         logger.addHandler(file_handler)
-    elif not output_dir:
+    elif not output_dir and file_to_come:
         logger.addHandler(_EarlyRecords())
     return logger
+
+
+def has_run_log(logger):
+    """Whether ``logger`` writes a run log file (or keeps its lines for one about to open)."""
+    return any(isinstance(h, (logging.FileHandler, _EarlyRecords)) for h in logger.handlers)
 
 
 def format_eta(seconds):

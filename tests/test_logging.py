@@ -1,8 +1,9 @@
-"""Progress lines of long loops (evaluation): live on a terminal, at log_interval in logs."""
+"""Progress lines of long loops (evaluation): live on a terminal, at log_interval in logs; the run log keeps
+the lines logged before its file opened."""
 import io
 import logging
 
-from mindppt.logger import Progress, format_eta
+from mindppt.logger import Progress, format_eta, get_logger, has_run_log
 
 
 class _Clock:
@@ -55,3 +56,21 @@ def test_terminal_progress_rewrites_one_line_and_logs_nothing():
 
 def test_format_eta():
     assert format_eta(3723) == "1:02:03" and format_eta(90061) == "1d 01:01:01" and format_eta(None) == "?"
+
+
+def test_lines_before_the_run_log_opens_are_written_to_it(tmp_path):
+    """A child logger's INFO line (the loader's pos-embed resize) logged before train.log opens lands at the
+    top of train.log; a tool without a run log (evaluation) keeps nothing for a file."""
+    name = "mindppt_test_early"
+    logger = get_logger(None, 0, name=name, file_to_come=True)
+    assert has_run_log(logger)
+    logging.getLogger(name + ".models.weights").info("pos_embed resized (early)")
+    logger = get_logger(str(tmp_path), 0, name=name)
+    logger.info("after")
+    for handler in logger.handlers:
+        handler.flush()
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert lines[0].endswith("INFO pos_embed resized (early)") and lines[1].endswith("INFO after"), lines
+    assert not has_run_log(get_logger(None, 0, name=name))
+    for handler in list(logger.handlers):
+        handler.close()

@@ -21,6 +21,7 @@ import warnings
 from mindppt.config import EVAL_TOOLS, parse_args
 from mindppt.device import resolve_device_target
 from mindppt.errors import USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted
+from mindppt.logger import has_run_log
 
 __all__ = ["parse_cli", "run_tool"]
 
@@ -60,10 +61,11 @@ def _one_line(message):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
-    """``warnings.showwarning`` for the tools: one line, into the run log when there is one."""
+    """``warnings.showwarning`` for the tools: one line, into the run log file when there is one (training),
+    else to stderr."""
     text = f"{category.__name__}: {_one_line(message)}"
     logger = logging.getLogger("mindppt")
-    if logger.handlers:
+    if has_run_log(logger):
         logger.warning(text)
     else:
         print(f"warning: {text}", file=sys.stderr if file is None else file)

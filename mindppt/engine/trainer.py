@@ -109,7 +109,7 @@ def train(args):
     setup(args, None if args.distribute else args.device_id)
     rank, group_size = init_distributed(args)
     is_main = rank == 0
-    logger = get_logger(None, rank)  # stdout only until the data and the model are known to be usable
+    logger = get_logger(None, rank, file_to_come=True)  # train.log opens once data and model are usable
     check_distillation_options(args)  # before the data is scanned
 
     train_loader, n_train, val_loader, n_val = create_train_loaders(args, rank, group_size)

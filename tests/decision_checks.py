@@ -451,3 +451,22 @@ def score_errors(run, ref):
         scores.append(worst)
         sims.append(worst_sim)
     return scores, sims
+
+
+def assert_reference_parity(name, ours, ref):
+    """A float32 model run against the float64 reference: :func:`compare_runs` at the float32 bounds, the
+    same compression blocks, and the logits of every image whose decisions agree at every block within
+    FP32_LOGIT_RTOL of the largest reference logit. Prints the measured errors; returns ``(agree, err)``
+    (per image, the largest logit error over the largest reference logit)."""
+    log = []
+    agree = compare_runs(ours, ref, score_rtol=FP32_SCORE_RTOL, sim_atol=FP32_SIM_ATOL, log=log)
+    err = np.abs(ours.logits - ref.logits).max(axis=1) / np.abs(ref.logits).max()
+    scores, sims = score_errors(ours, ref)
+    print(f"{name}: max |logit error| / max |logit| = {err.max():.2e}; per block, score error / largest score "
+          f"{np.array2string(np.array(scores), precision=1)}, similarity error "
+          f"{np.array2string(np.array(sims), precision=1)}")
+    print("\n".join(log))
+    assert [b["block"] for b in ours.blocks] == [b["block"] for b in ref.blocks]
+    if agree.any():
+        assert err[agree].max() < FP32_LOGIT_RTOL, f"{name}: logits of images whose decisions agree: {err[agree]}"
+    return agree, err

@@ -7,7 +7,7 @@ DeiT-S (same architecture, AugReg only changes the weights)."""
 import numpy as np
 import pytest
 from checkpoint_helpers import assert_params_equal, model_shapes, random_state, timm_to_jax, to_torch
-from decision_checks import FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe
+from decision_checks import Run, assert_reference_parity, probe
 from model_helpers import random_images
 from ppt_reference import deit_config, random_deit_params, reference_forward
 
@@ -54,7 +54,6 @@ NUM_CLASSES = 10
 NUM_HEADS = 3
 PPT = dict(r_tokens=50, pp_loc_list=(3, 6, 9))
 CASES = {"dense": None, "all_prune": 0.0, "all_pool": 1e9, "mixed": "split"}
-LOGIT_RTOL = 1e-4  # as tests/test_parity.py: images whose decisions agree
 _REFERENCE = {}
 
 
@@ -98,12 +97,7 @@ def test_ppt_vit_tiny_parity(case, parity_setup, ppt_vit_tiny):
     logits, infos = probe(model, setup["images"])
     ours = Run.from_model("mindppt", logits, infos, threshold)
     ref = Run.from_reference("reference", ref_logits, ref_infos, threshold)
-    log = []
-    agree = compare_runs(ours, ref, score_rtol=FP32_SCORE_RTOL, sim_atol=FP32_SIM_ATOL, log=log)
-    err = np.abs(ours.logits - ref.logits).max(axis=1) / np.abs(ref.logits).max()
-    print(f"ppt_vit_tiny {case}: max |logit error| / max |logit| {err.max():.2e}\n" + "\n".join(log))
-    if agree.any():
-        assert err[agree].max() < LOGIT_RTOL, f"logits of images whose decisions agree: {err[agree]}"
+    agree, _ = assert_reference_parity(f"ppt_vit_tiny {case}", ours, ref)
     if case == "dense":
         assert not ours.blocks and agree.all()
     if case == "all_prune":

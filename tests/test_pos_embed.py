@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from checkpoint_helpers import TINY, model_params, to_torch, torch_save
-from decision_checks import FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe
+from decision_checks import Run, assert_reference_parity, probe
 from model_helpers import random_images
 from ppt_reference import deit_config, random_deit_params, reference_forward
 from tool_helpers import EVAL, run_tool
@@ -291,7 +291,6 @@ def test_what_cannot_be_resized_is_refused(tiny_state):
 # Parity at 384 px: the loader's resize and the model against the reference given the reference resize
 # ---------------------------------------------------------------------------------------------------
 
-LOGIT_RTOL = 1e-4  # as tests/test_parity.py: images whose decisions agree
 
 
 @pytest.fixture(scope="module")
@@ -324,16 +323,11 @@ def test_parity_at_384_with_resized_pos_embed(at_384, case):
         assert ref_infos[0]["pool"].tolist() in ([True, False], [False, True])
     ours = Run.from_model("mindppt", logits, infos, threshold)
     ref = Run.from_reference("reference", ref_logits, ref_infos, threshold)
-    log = []
-    agree = compare_runs(ours, ref, score_rtol=FP32_SCORE_RTOL, sim_atol=FP32_SIM_ATOL, log=log)
-    err = np.abs(ours.logits - ref.logits).max(axis=1) / np.abs(ref.logits).max()
-    print(f"384 px {case}: tokens {[model.token_schedule[0][0]] + [b['size'].shape[1] for b in infos]}, "
-          f"max |logit error| / max |logit| {err.max():.2e}\n" + "\n".join(log))
+    tokens = [model.token_schedule[0][0]] + [b["size"].shape[1] for b in infos]
+    agree, _ = assert_reference_parity(f"384 px {case}, tokens {tokens}", ours, ref)
     assert model.token_schedule[0][0] == 577
     if case == "dense":
         assert agree.all()
-    if agree.any():
-        assert err[agree].max() < LOGIT_RTOL
 
 
 def test_eval_tool_logs_the_resize_once(tiny_config, tmp_path):

@@ -22,6 +22,7 @@ markdown, with the command and the machine, and written by ``--markdown OUT.md``
 import argparse
 import datetime
 import fnmatch
+import gc
 import json
 import os
 import platform
@@ -243,6 +244,23 @@ def print_row(r, file=sys.stdout):
           f"{r['compile_s']:>9.1f} {r['peak_mem_mb']:>9.0f} {r['gmacs']:>7.3f}", file=file, flush=True)
 
 
+def measure_together(specs, batch, train, args, train_options):
+    """Build (name, exported) runners, compile them, alternate the timed rounds; the rows of each, with
+    img/s relative to the first. The runners (and their graphs) die with this call."""
+    runners = [Runner(name, batch, train, args.image_size, args.num_classes, args.amp_level, train_options,
+                      exported)
+               for name, exported in specs]
+    for runner in runners:
+        runner.compile(args.warmup)
+    for _ in range(args.rounds):
+        for runner in runners:
+            runner.measure(args.iters)
+    rows = [runner.result() for runner in runners]
+    for row in rows:
+        row["speedup_vs_first"] = row["img_per_s"] / rows[0]["img_per_s"]
+    return rows
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["deit_small_patch16_224", "ppt_deit_small_patch16_224"],
@@ -297,21 +315,12 @@ def main(argv=None):
         for train in modes:
             for batch in args.batch_size:
                 variants = [False, True] if args.exported and not train else [False]
-                runners = [Runner(name, batch, train, args.image_size, args.num_classes, args.amp_level,
-                                  train_options, exported)
-                           for name in group for exported in variants]
-                for runner in runners:
-                    runner.compile(args.warmup)
-                for _ in range(args.rounds):
-                    for runner in runners:
-                        runner.measure(args.iters)
-                rows = [runner.result() for runner in runners]
-                base = rows[0]["img_per_s"]
+                specs = [(name, exported) for name in group for exported in variants]
+                rows = measure_together(specs, batch, train, args, train_options)
                 for row in rows:
-                    row["speedup_vs_first"] = row["img_per_s"] / base
                     print_row(row)
                 results.extend(rows)
-                del runners
+                gc.collect()  # the group's graphs and buffers go before the next group's are built
     machine += f", at end {load_average()}"
     table = zoo_table(results)
     report = (f"{datetime.date.today().isoformat()}: `{command}`\n\n{machine}; GRAPH_MODE, amp {args.amp_level}, "

@@ -470,3 +470,20 @@ def assert_reference_parity(name, ours, ref):
     if agree.any():
         assert err[agree].max() < FP32_LOGIT_RTOL, f"{name}: logits of images whose decisions agree: {err[agree]}"
     return agree, err
+
+
+def assert_policy_case(case, run, ref):
+    """What a parity case promises about policies: ``dense`` has no compression block, ``all_prune`` never
+    pools, ``all_pool`` always pools, ``mixed`` pools some but not all images at the reference's first
+    compression block (and ``run`` follows by the per-run policy rule of :func:`compare_runs`)."""
+    pooled = [block["pooled"] for block in run.blocks]
+    if case == "dense":
+        assert not run.blocks
+    elif case == "all_prune":
+        assert not any(p.any() for p in pooled)
+    elif case == "all_pool":
+        assert all(p.all() for p in pooled)
+    elif case == "mixed":
+        assert 0 < ref.blocks[0]["pooled"].sum() < len(ref.logits)
+    else:
+        raise ValueError(f"unknown parity case {case!r}")

@@ -18,6 +18,7 @@ from decision_checks import (
     FP32_LOGIT_RTOL,
     U32,
     Run,
+    assert_policy_case,
     assert_reference_parity,
     probe,
 )
@@ -91,13 +92,7 @@ def test_ppt_parity_with_reference(case, tiny, ppt_tiny):
     ppt_tiny.set_threshold(threshold)
     ours = Run.from_model("mindppt", *probe(ppt_tiny, tiny["images"]), threshold)
     compare(case, ours, ref)
-    pooled = np.stack([block["pooled"] for block in ours.blocks])
-    if case == "all_prune":
-        assert not pooled.any()
-    elif case == "all_pool":
-        assert pooled.all()
-    else:
-        assert 0 < ref.blocks[0]["pooled"].sum() < len(tiny["images"])  # ours follows by the policy rule
+    assert_policy_case(case, ours, ref)
     for block in ours.blocks:  # both protected tokens at 0 and 1, alone, in every block
         assert np.all(block["kept"][:, :2] == [0, 1])
         assert np.all(block["source"][:, :2] == np.eye(2, 198))

@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from checkpoint_helpers import torch_save
-from decision_checks import U32, Run, assert_reference_parity, probe
+from decision_checks import U32, Run, assert_policy_case, assert_reference_parity, probe
 from lvvit_reference import LVVIT_S, embed_images, random_lvvit_params, reference_forward
 from mindspore import nn
 from model_helpers import random_images
@@ -186,13 +186,9 @@ def test_parity_narrow_lvvit(case, narrow):
     logits, infos = probe(narrow["model"], narrow["images"])
     ours = Run.from_model("mindppt", logits, infos, threshold)
     check(case, ours, Run.from_reference("reference", *ref, threshold))
-    pooled = [b["pooled"] for b in ours.blocks]
-    if case == "all_prune":
-        assert not any(p.any() for p in pooled)
-    if case == "all_pool":
-        assert all(p.all() for p in pooled)
+    assert_policy_case(case, ours, Run.from_reference("reference", *ref, threshold))
     if case == "mixed":
-        assert ref[1][0]["pool"].sum() == 3  # and ours follows by the policy rule (compare_runs)
+        assert ref[1][0]["pool"].sum() == 3
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ DEIT_SIZES = {
 }
 
 
-def _build(arch, ppt, **kwargs):
+def build_vit(arch, ppt, **kwargs):
+    """A VisionTransformer of ``arch`` (224 px, patch 16 unless ``arch`` says otherwise), dense or with the
+    PPT defaults; ``kwargs`` override both."""
     config = dict(patch_size=16, img_size=224, r_tokens=0)
     config.update(arch)
     if ppt:
@@ -23,74 +25,74 @@ def _build(arch, ppt, **kwargs):
 
 @register_model
 def deit_tiny_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["tiny"], False, **kwargs)
+    return build_vit(DEIT_SIZES["tiny"], False, **kwargs)
 
 
 @register_model
 def deit_small_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["small"], False, **kwargs)
+    return build_vit(DEIT_SIZES["small"], False, **kwargs)
 
 
 @register_model
 def deit_base_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["base"], False, **kwargs)
+    return build_vit(DEIT_SIZES["base"], False, **kwargs)
 
 
 @register_model
 def ppt_deit_tiny_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["tiny"], True, **kwargs)
+    return build_vit(DEIT_SIZES["tiny"], True, **kwargs)
 
 
 @register_model
 def ppt_deit_small_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["small"], True, **kwargs)
+    return build_vit(DEIT_SIZES["small"], True, **kwargs)
 
 
 @register_model
 def ppt_deit_base_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["base"], True, **kwargs)
+    return build_vit(DEIT_SIZES["base"], True, **kwargs)
 
 
 @register_model
 def deit_tiny_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["tiny"], False, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["tiny"], False, distilled=True, **kwargs)
 
 
 @register_model
 def deit_small_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["small"], False, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["small"], False, distilled=True, **kwargs)
 
 
 @register_model
 def deit_base_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["base"], False, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["base"], False, distilled=True, **kwargs)
 
 
 @register_model
 def ppt_deit_tiny_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["tiny"], True, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["tiny"], True, distilled=True, **kwargs)
 
 
 @register_model
 def ppt_deit_small_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["small"], True, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["small"], True, distilled=True, **kwargs)
 
 
 @register_model
 def ppt_deit_base_distilled_patch16_224(**kwargs):
-    return _build(DEIT_SIZES["base"], True, distilled=True, **kwargs)
+    return build_vit(DEIT_SIZES["base"], True, distilled=True, **kwargs)
 
 
 @register_model
 def deit_base_patch16_384(**kwargs):
     """DeiT-B fine-tuned at 384 px: 577 tokens."""
-    return _build(dict(DEIT_SIZES["base"], img_size=384), False, **kwargs)
+    return build_vit(dict(DEIT_SIZES["base"], img_size=384), False, **kwargs)
 
 
 @register_model
 def ppt_deit_base_patch16_384(**kwargs):
     """DeiT-B at 384 px with PPT (577 -> 527 -> 477 -> 427 tokens with the default r=50 at blocks 3, 6, 9)."""
-    return _build(dict(DEIT_SIZES["base"], img_size=384), True, **kwargs)
+    return build_vit(dict(DEIT_SIZES["base"], img_size=384), True, **kwargs)
 
 
 # 16x16 input: each of the 16 patches covers 2x2 pixels of the 8x8 scans.
@@ -103,7 +105,7 @@ DIGITS_PPT = dict(r_tokens=3, threshold=4e-3, prop_attn=True)
 @register_model
 def vit_digits_patch4_16(**kwargs):
     """Small ViT for 16x16 images (the built-in digits demo)."""
-    return _build(DIGITS_ARCH, False, **kwargs)
+    return build_vit(DIGITS_ARCH, False, **kwargs)
 
 
 @register_model
@@ -111,4 +113,4 @@ def ppt_vit_digits_patch4_16(**kwargs):
     """The digits ViT with PPT compression."""
     config = dict(DIGITS_PPT)
     config.update(kwargs)
-    return _build(DIGITS_ARCH, False, **config)
+    return build_vit(DIGITS_ARCH, False, **config)

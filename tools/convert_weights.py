@@ -26,9 +26,10 @@ from mindppt.errors import CheckpointError  # noqa: E402
 from mindppt.formats import read_state_dict  # noqa: E402
 from mindppt.io import save_checkpoint_atomic  # noqa: E402
 from mindppt.models import create_model, is_model  # noqa: E402
+from mindppt.models.deit import DEIT_SIZES  # noqa: E402
 from mindppt.models.weights import load_state_dict_into_model  # noqa: E402
 
-_DEIT_SIZES = {192: "tiny", 384: "small", 768: "base"}
+_DEIT_SIZES = {arch["embed_dim"]: size for size, arch in DEIT_SIZES.items()}
 # LV-ViT's convolutional stem: the official names (conv1, bn1, ...), or a Sequential stem's (conv.0, ...)
 _LVVIT_STEM_KEYS = ("patch_embed.conv1.weight", "patch_embed.conv.0.weight")
 

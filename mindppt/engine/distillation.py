@@ -28,12 +28,10 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from mindppt.errors import CheckpointError, ConfigError
-from mindppt.formats import read_state_dict
-from mindppt.formats.train_state import is_train_state, model_weights_from_state
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
-from mindppt.models.weights import load_state_dict_into_model
+from mindppt.models.weights import load_state_dict_into_model, read_weights
 
 from .train_step import SoftTargetCrossEntropy
 
@@ -136,9 +134,7 @@ def distilled_model(network):
 def _teacher_weights(path, num_classes):
     """The teacher's state dict (a training checkpoint gives its model weights); its head must predict
     ``num_classes`` classes (the loader would otherwise replace it by a random one)."""
-    state = read_state_dict(path)
-    if is_train_state(state):
-        state = model_weights_from_state(state)
+    state, _ = read_weights(path)
     head = state.get("head.weight")
     if head is not None and np.shape(head)[0] != num_classes:
         raise ConfigError(f"teacher_checkpoint {path} has a {np.shape(head)[0]}-class head (head.weight "

@@ -30,7 +30,7 @@ from mindppt.formats.train_state import is_train_state, model_weights_from_state
 from .pos_embed import resize_pos_embed, square_grid
 from .ppt import is_runtime_setting
 
-__all__ = ["load_weights", "load_state_dict_into_model", "convert_state_dict", "model_param_shapes",
+__all__ = ["read_weights", "load_weights", "load_state_dict_into_model", "convert_state_dict", "model_param_shapes",
            "keep_runtime_settings", "copy_weights"]
 
 
@@ -210,19 +210,25 @@ def keep_runtime_settings(model, param_dict):
     return param_dict
 
 
-def load_weights(model, path, *, use_ema=False, strict=True, model_name=None):
-    """Read ``path`` (any supported format, a training checkpoint included), convert, check and load it
-    into ``model`` in place. ``use_ema`` takes a training checkpoint's EMA weights (an error if the file
-    has none). Returns what was loaded, for logs.
-    Raises CheckpointError for unreadable files and for weights that do not fit the model."""
+def read_weights(path, *, use_ema=False):
+    """The model weights in ``path`` (any supported format; of a training checkpoint, its model or, with
+    ``use_ema``, its EMA weights) and what they are, for logs: ``(state dict, description)``.
+    Raises CheckpointError for unreadable files and for ``use_ema`` on plain weights."""
     state_dict = read_state_dict(path)
-    what = "weights"
     if use_ema and not is_train_state(state_dict):
         raise CheckpointError(f"ema=true loads the EMA weights of a training checkpoint, but {path} holds plain "
                               f"weights; pass ema=false (--ema false)")
-    if is_train_state(state_dict):
-        state_dict = model_weights_from_state(state_dict, use_ema=use_ema)
-        what = "EMA weights of the training checkpoint" if use_ema else "model weights of the training checkpoint"
+    if not is_train_state(state_dict):
+        return state_dict, "weights"
+    what = "EMA weights of the training checkpoint" if use_ema else "model weights of the training checkpoint"
+    return model_weights_from_state(state_dict, use_ema=use_ema), what
+
+
+def load_weights(model, path, *, use_ema=False, strict=True, model_name=None):
+    """Read ``path`` (:func:`read_weights`), convert, check and load it into ``model`` in place. Returns
+    what was loaded, for logs.
+    Raises CheckpointError for unreadable files and for weights that do not fit the model."""
+    state_dict, what = read_weights(path, use_ema=use_ema)
     load_state_dict_into_model(model, state_dict, strict=strict, source=str(path), model_name=model_name)
     return what
 

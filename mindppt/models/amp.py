@@ -41,7 +41,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .ppt import TokenCompression
-from .vit import Attention, Block, LayerNorm
+from .vit import Attention, Block, LayerNorm, Softmax
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 AMP_DTYPES = {"float16": ms.float16, "fp16": ms.float16, "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
@@ -83,7 +83,7 @@ def pin_ppt_precision(model, amp_level, dtype=ms.float16):
             _fp32_shell(cell, dtype)
             if amp_level == "O2":
                 for child in _children(cell):
-                    if isinstance(child, nn.Softmax):
+                    if isinstance(child, (Softmax, nn.Softmax)):
                         child.to_float(ms.float32)
     for cell in cells:
         if isinstance(cell, TokenCompression):

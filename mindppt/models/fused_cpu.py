@@ -1,13 +1,19 @@
 """Fused CPU kernels (MindSpore ``ops.Custom``, ``func_type="aot"``), built on first use.
 
 MindSpore's CPU backend runs every element-wise op as its own pass over memory, so our exact GELU
-polynomial costs ~17 passes over the MLP's hidden activations (22% of a PPT DeiT-S forward). The
-kernel in ``cpu_kernels/gelu.cc`` does the same arithmetic in one pass. It is compiled with the
-system's C++ compiler into a per-user cache the first time a model is built on the CPU backend
+polynomial costs ~17 passes over the MLP's hidden activations (22% of a PPT DeiT-S forward), and its
+CPU LayerNorm and softmax kernels are several times slower than PyTorch's. The kernels in
+``cpu_kernels/`` do the same arithmetic in one pass each: the exact GELU (``gelu.cc``), LayerNorm
+(``layer_norm.cc``) and softmax with PPT's proportional-attention bias (``softmax.cc``), forward and
+backward, and the attention's head split/merge and the patch extraction as plain copies (``layout.cc``:
+each MindSpore CPU Transpose call site also kept a buffer of twice its tensor alive), and PPT's
+compression plan and size-weighted merge as index maps (``compression.cc``: the portable path's
+assignment matrices made a compression block cost more memory than a dense block). They are compiled together, with the system's C++ compiler, into one library in a per-user
+cache the first time a model is built on the CPU backend
 (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a per-user temporary directory
 when that is not writable). Anything that stops it (another backend, no compiler, a failed build,
 ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable MindSpore-op formulation in
-place; a failed build is reported once as a warning.
+place (the MindSpore-op formulation Ascend and GPU run); a failed build is reported once as a warning.
 
 A cache may be shared between machines (an NFS home, a container image built elsewhere), so a library
 is never built for "this CPU" (``-march=native``) but for an explicit instruction-set level: on x86-64
@@ -34,7 +40,9 @@ from mindspore import ops
 
 from mindppt.io import atomic_output, atomic_write
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels", "gelu.cc")
+_KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels")
+_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc")  # the header first: part of the hash
+_PREFIX = "mindppt_cpu"
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
 _ENV_SWITCH = "MINDPPT_FUSED_CPU_KERNELS"
@@ -141,11 +149,12 @@ def _cache_dirs():
 
 def library_name(level):
     """File name of the library for ``level``: the level, then a hash of source, flags and machine."""
-    with open(_SOURCE, "rb") as handle:
-        source = handle.read()
-    flags = " ".join(_compiler_flags(level))
-    key = hashlib.sha1(source + flags.encode() + _machine().encode()).hexdigest()[:16]
-    return f"mindppt_gelu_{level}_{key}.so"
+    digest = hashlib.sha1()
+    for name in _SOURCES:
+        with open(os.path.join(_KERNEL_DIR, name), "rb") as handle:
+            digest.update(handle.read())
+    digest.update(" ".join(_compiler_flags(level)).encode() + _machine().encode())
+    return f"{_PREFIX}_{level}_{digest.hexdigest()[:16]}.so"
 
 
 def usable(library, flags=None):
@@ -159,12 +168,12 @@ def usable(library, flags=None):
         needed = set(record["requires"]) | required_flags(level)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return (os.path.isfile(library) and os.path.basename(library).startswith(f"mindppt_gelu_{level}_")
+    return (os.path.isfile(library) and os.path.basename(library).startswith(f"{_PREFIX}_{level}_")
             and record.get("machine") == _machine() and needed <= set(flags))
 
 
 def build_library(level, directory):
-    """Compile the kernel for ``level`` into ``directory`` (atomically, with its record) and return the
+    """Compile the kernels for ``level`` into ``directory`` (atomically, with its record) and return the
     library's path. Raises OSError (directory not writable) or RuntimeError (no compiler, failed build)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
@@ -174,7 +183,8 @@ def build_library(level, directory):
     # library first, then its record, each atomically: a reader that sees a record sees the library it
     # describes (in between it may see the new library with an old record, which it rejects and rebuilds)
     with atomic_output(library, suffix=".so") as tmp:
-        proc = subprocess.run([compiler, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True,
+        sources = [os.path.join(_KERNEL_DIR, name) for name in _SOURCES if name.endswith(".cc")]
+        proc = subprocess.run([compiler, *flags, *sources, "-o", tmp], capture_output=True, text=True,
                               timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
@@ -211,10 +221,14 @@ def library_path():
             _state["library"] = _build()
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             _state["failed"] = True
-            warnings.warn(f"fused CPU GELU kernel not available ({err}); using the portable GELU "
-                          f"(correct, slower on CPU). Set {_ENV_SWITCH}=0 to silence this.", RuntimeWarning)
+            warnings.warn(f"fused CPU kernels not available ({err}); using the portable GELU, LayerNorm "
+                          f"and softmax (correct, slower on CPU). Set {_ENV_SWITCH}=0 to silence this.", RuntimeWarning)
             return None
     return _state["library"]
+
+
+def _custom(library, name, out_shape, out_dtype):
+    return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
 
 
 def gelu_ops(library=None):
@@ -224,14 +238,95 @@ def gelu_ops(library=None):
     if library is None:
         return None
     # ops.Custom wants callables for the output shape and dtype: those of the (first) input
-    forward = ops.Custom(f"{library}:MindpptGeluForward", out_shape=_same, out_dtype=_same, func_type="aot")
-    backward = ops.Custom(f"{library}:MindpptGeluBackward", out_shape=_first, out_dtype=_first, func_type="aot")
-    return forward, backward
+    return (_custom(library, "MindpptGeluForward", _first, _first),
+            _custom(library, "MindpptGeluBackward", _first, _first))
 
 
-def _same(x):
+def layer_norm_ops(library=None):
+    """``(forward, backward)`` of the fused LayerNorm over the last axis, or None.
+    forward(x, weight, bias, eps) -> y; backward(x, weight, eps, dy) -> (dx, dweight, dbias); eps is a
+    float32 tensor of shape (1,)."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return (_custom(library, "MindpptLayerNormForward", _first, _first),
+            _custom(library, "MindpptLayerNormBackward", _layer_norm_grads, _layer_norm_grads))
+
+
+def softmax_ops(library=None):
+    """``(forward, bias_forward, backward)`` of the fused softmax over the last axis, or None.
+    forward(x) -> y; bias_forward(x, bias) -> softmax(x + bias) with bias (B, M) broadcast over the
+    middle axes of x (B, ..., M); backward(y, dy) -> dx."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return (_custom(library, "MindpptSoftmaxForward", _first, _first),
+            _custom(library, "MindpptBiasSoftmaxForward", _first, _first),
+            _custom(library, "MindpptSoftmaxBackward", _first, _first))
+
+
+def split_qkv_ops(num_heads, library=None):
+    """``(forward, backward)`` of the attention's head split, or None. forward(qkv (B, N, 3C), scale (1,))
+    -> (q * scale, k, v), each (B, H, N, C / H); backward(dq, dk, dv, scale) -> dqkv."""
+    library = library or library_path()
+    if library is None:
+        return None
+
+    def split_shape(qkv, _):
+        batch, tokens, width = qkv
+        head = (batch, num_heads, tokens, width // (3 * num_heads))
+        return head, head, head
+
+    def merged_shape(dq, *_):
+        batch, heads, tokens, dim = dq
+        return batch, tokens, 3 * heads * dim
+
+    return (_custom(library, "MindpptSplitQkv", split_shape, lambda qkv, _: (qkv, qkv, qkv)),
+            _custom(library, "MindpptSplitQkvBackward", merged_shape, _first))
+
+
+def swap_axes_op(library=None):
+    """x (B, P, Q, D) -> (B, Q, P, D) (the head merge, and its own gradient), or None."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return _custom(library, "MindpptSwapAxes12", lambda x: (x[0], x[2], x[1], x[3]), _first)
+
+
+def patchify_op(patch_size, library=None):
+    """images (B, C, H, W) -> patches (B * H/P * W/P, C * P * P) in Conv2d weight order, or None."""
+    library = library or library_path()
+    if library is None:
+        return None
+    p = int(patch_size)
+    return _custom(library, "MindpptPatchify", lambda x: (x[0] * (x[2] // p) * (x[3] // p), x[1] * p * p), _first)
+
+
+def compression_ops(num_out, library=None):
+    """``(significance, plan, merge, merge_backward, sum_rows)`` of PPT's compression to ``num_out``
+    tokens, or None. significance(attn (B, H, N, N), v (B, H, N, D), num_protected (1,)) -> (scores (B, N),
+    variance (B,)); plan(scores (B, N), pooled (B,) float 0/1, keys (B, H, N, D), num_protected (1,)) -> (kept (B, M)
+    int32, dest (B, N) int32); merge(x (B, N, C), size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
+    merge_backward(dnew_x, size, new_size, dest) -> dx; sum_rows(rows (B, N, K), dest) -> (B, M, K)."""
+    library = library or library_path()
+    if library is None:
+        return None
+    m = int(num_out)
+    significance = _custom(library, "MindpptSignificance", lambda attn, *_: ((attn[0], attn[2]), (attn[0],)),
+                           lambda attn, *_: (attn, attn))
+    plan = _custom(library, "MindpptCompressionPlan", lambda scores, *_: ((scores[0], m), tuple(scores)),
+                   lambda *_: (ms.int32, ms.int32))
+    merge = _custom(library, "MindpptMergeTokens", lambda x, *_: ((x[0], m, x[2]), (x[0], m)),
+                    lambda x, *_: (x, x))
+    merge_backward = _custom(library, "MindpptMergeTokensBackward",
+                             lambda dnew, size, *_: (dnew[0], size[1], dnew[2]), _first)
+    sum_rows = _custom(library, "MindpptSumRows", lambda rows, _: (rows[0], m, rows[2]), _first)
+    return significance, plan, merge, merge_backward, sum_rows
+
+
+def _first(x, *_):
     return x
 
 
-def _first(x, _):
-    return x
+def _layer_norm_grads(x, weight, *_):
+    return x, weight, weight

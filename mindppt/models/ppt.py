@@ -6,11 +6,16 @@ assignment matrix ``M`` (B x N_out x N_in) whose rows say which input tokens for
 by its policy, and tokens, sizes and the source map are all products with ``M``. No data-dependent
 shapes, no host round-trip: one graph serves a batch that mixes both policies.
 
+On the CPU backend the plan and the merge run as fused kernels (:mod:`.fused_cpu`) on index maps
+instead: the same decisions from the same scores and keys, without the assignment matrices.
+
 Nothing here knows about configs, files or training.
 """
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+
+from . import fused_cpu
 
 # Name of the threshold parameter. It is a run-time setting, not a weight: checkpoint conversion skips
 # it, and it is a Parameter only so that changing it takes effect in an already compiled graph.
@@ -25,6 +30,21 @@ def effective_r(num_tokens, r, num_protected=1):
     """Tokens one compression removes: at most half of the unprotected tokens (spec, step 3; the class
     token, and a distilled DeiT's distillation token, are protected)."""
     return max(0, min(int(r), (int(num_tokens) - int(num_protected)) // 2))
+
+
+class _FusedMerge(nn.Cell):
+    """The CPU merge kernel (size-weighted mean of the tokens each output token receives) with its
+    gradient for x; sizes and the plan come from discrete decisions and get none."""
+
+    def __init__(self, merge, merge_backward):
+        super().__init__()
+        self.merge, self.merge_backward = merge, merge_backward
+
+    def construct(self, x, size, dest):
+        return self.merge(x, size, dest)
+
+    def bprop(self, x, size, dest, out, dout):
+        return self.merge_backward(dout[0], size, out[1], dest), ops.zeros_like(size), ops.zeros_like(dest)
 
 
 class TokenCompression(nn.Cell):
@@ -83,6 +103,12 @@ class TokenCompression(nn.Cell):
         self.bmm_tn = ops.BatchMatMul(transpose_a=True)
         self.on = Tensor(1.0, ms.float32)
         self.off = Tensor(0.0, ms.float32)
+        kernels = fused_cpu.compression_ops(self.num_out)
+        self.fused_significance = self.fused_plan = self.fused_merge = self.fused_sum_rows = None
+        if kernels is not None:
+            self.fused_significance, self.fused_plan, merge, merge_backward, self.fused_sum_rows = kernels
+            self.fused_merge = _FusedMerge(merge, merge_backward)
+            self.num_protected_tensor = Tensor(np.array([self.num_protected], np.float32))
 
     @property
     def threshold(self):
@@ -94,7 +120,9 @@ class TokenCompression(nn.Cell):
 
     def significance(self, attn, v):
         """Normalised ATS scores (B, N), protected tokens set above every other score, and the unbiased
-        variance of the unprotected tokens' scores."""
+        variance of the unprotected tokens' scores (one fused kernel on the CPU backend)."""
+        if self.fused_significance is not None and attn.dtype == ms.float32 and v.dtype == ms.float32:
+            return self.fused_significance(attn, v, self.num_protected_tensor)
         cls_attn = attn[:, :, 0, :].astype(ms.float32).sum(axis=1)  # (B, N)
         b, heads, n, head_dim = v.shape
         v32 = v.astype(ms.float32)
@@ -151,6 +179,13 @@ class TokenCompression(nn.Cell):
         attn, k, v = ops.stop_gradient(attn), ops.stop_gradient(k), ops.stop_gradient(v)
         scores, variance = self.significance(attn, v)
         pooled = variance < self.ppt_threshold
+        if self.fused_plan is not None and x.dtype == ms.float32:
+            kept, dest = self.fused_plan(scores, pooled.astype(ms.float32), k.astype(ms.float32),
+                                         self.num_protected_tensor)
+            new_x, new_size = self.fused_merge(x, size, dest)
+            if self.trace_source:
+                source = self.fused_sum_rows(source, dest)
+            return new_x, new_size, source, (variance, pooled, new_size, kept, source)
         prune_rows, prune_kept = self.prune_assignment(scores)
         pool_rows, pool_kept = self.pool_assignment(k)
         assignment = ops.select(pooled.reshape(-1, 1, 1), pool_rows, prune_rows)

@@ -1,32 +1,11 @@
 // Fused exact GELU for MindSpore's CPU backend (ops.Custom, func_type="aot"), float32 only.
 // Same formula as mindppt.models.vit.GELU: Phi(x) = sigmoid(x * r((x/4)^2)), r a degree-6 polynomial,
 // within 1e-6 of the erf form. One pass over memory instead of ~17 element-wise kernels.
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
-#include <vector>
+#include "common.h"
 
 namespace {
 
-// exp(a) for a in [-87, 87]: Cody-Waite reduction by ln 2 and Cephes' expf polynomial (about 1 ulp).
-// Written out because libm's expf keeps the loops from vectorising unless -ffast-math is on, and
-// -ffast-math would also drop the inf/nan semantics the clamps below rely on.
-inline float Exp(float a) {
-  const float n = std::floor(a * 1.44269504088896341f + 0.5f);
-  const float r = a - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return e * scale;
-}
+using mindppt::Exp;
 
 inline float Cdf(float x) {
   const float quarter = x * 0.25f;
@@ -62,36 +41,13 @@ void Backward(const float *x, const float *dout, float *dx, int64_t begin, int64
   }
 }
 
-template <typename Fn>
-void ParallelFor(int64_t n, Fn fn) {
-  const unsigned threads = std::thread::hardware_concurrency();
-  if (threads < 2 || n < 65536) {
-    fn(0, n);
-    return;
-  }
-  const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) {
-    const int64_t begin = t * chunk, end = begin + chunk < n ? begin + chunk : n;
-    if (begin < end) pool.emplace_back(fn, begin, end);
-  }
-  fn(0, chunk < n ? chunk : n);
-  for (auto &worker : pool) worker.join();
-}
-
-int64_t NumElements(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
 }  // namespace
 
 extern "C" int MindpptGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *stream, void *extra) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-  ParallelFor(NumElements(ndims[0], shapes[0]), [=](int64_t b, int64_t e) { Forward(x, y, b, e); });
+  mindppt::ParallelFor(mindppt::NumElements(ndims[0], shapes[0]), 1, [=](unsigned, int64_t b, int64_t e) { Forward(x, y, b, e); });
   return 0;
 }
 
@@ -100,6 +56,6 @@ extern "C" int MindpptGeluBackward(int nparam, void **params, int *ndims, int64_
   const float *x = static_cast<const float *>(params[0]);
   const float *dout = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
-  ParallelFor(NumElements(ndims[0], shapes[0]), [=](int64_t b, int64_t e) { Backward(x, dout, dx, b, e); });
+  mindppt::ParallelFor(mindppt::NumElements(ndims[0], shapes[0]), 1, [=](unsigned, int64_t b, int64_t e) { Backward(x, dout, dx, b, e); });
   return 0;
 }

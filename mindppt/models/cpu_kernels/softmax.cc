@@ -1,0 +1,91 @@
+// Fused softmax over the last axis for MindSpore's CPU backend (ops.Custom, func_type="aot"), float32,
+// optionally with PPT's proportional-attention bias: softmax(logits + log(size)) with the per-key bias
+// (B, N) broadcast over heads and queries, in the same pass instead of a cast, an add and a cast.
+#include "common.h"
+
+namespace {
+
+using mindppt::Exp;
+
+inline void SoftmaxRow(const float *x, const float *bias, float *y, int64_t width) {
+  // y holds the biased logits first, then their exponentials, then the probabilities
+  float peak = -INFINITY;
+  if (bias != nullptr) {
+#pragma omp simd reduction(max : peak)
+    for (int64_t c = 0; c < width; ++c) {
+      const float a = x[c] + bias[c];
+      y[c] = a;
+      peak = a > peak ? a : peak;
+    }
+  } else {
+#pragma omp simd reduction(max : peak)
+    for (int64_t c = 0; c < width; ++c) {
+      y[c] = x[c];
+      peak = x[c] > peak ? x[c] : peak;
+    }
+  }
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t c = 0; c < width; ++c) {
+    const float a = y[c] - peak;
+    // exp(-87) is below float's normal range: an exact 0 there, and Exp stays in range
+    const float e = Exp(a < -87.0f ? -87.0f : a);
+    const float kept = a < -87.0f ? 0.0f : e;
+    y[c] = kept;
+    total += kept;
+  }
+  const float inv = 1.0f / total;
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) y[c] *= inv;
+}
+
+// x (B, ..., M) rows of M; bias (B, M) or null
+int Forward(void **params, int *ndims, int64_t **shapes, const float *bias, float *y) {
+  const float *x = static_cast<const float *>(params[0]);
+  const int64_t width = shapes[0][ndims[0] - 1];
+  const int64_t rows = mindppt::NumElements(ndims[0], shapes[0]) / width;
+  const int64_t rows_per_batch = rows / shapes[0][0];
+  mindppt::ParallelFor(rows, width, [=](unsigned, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      SoftmaxRow(x + r * width, bias != nullptr ? bias + (r / rows_per_batch) * width : nullptr, y + r * width,
+                 width);
+  });
+  return 0;
+}
+
+}  // namespace
+
+// input x; output y like x
+extern "C" int MindpptSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  return Forward(params, ndims, shapes, nullptr, static_cast<float *>(params[1]));
+}
+
+// inputs x (B, ..., M), bias (B, M); output y like x
+extern "C" int MindpptBiasSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *stream, void *extra) {
+  return Forward(params, ndims, shapes, static_cast<const float *>(params[1]), static_cast<float *>(params[2]));
+}
+
+// inputs y (the softmax), dy; output dx = y * (dy - sum(dy * y)) per row
+extern "C" int MindpptSoftmaxBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *stream, void *extra) {
+  const float *y = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
+  const int64_t width = shapes[0][ndims[0] - 1];
+  const int64_t rows = mindppt::NumElements(ndims[0], shapes[0]) / width;
+  mindppt::ParallelFor(rows, width, [=](unsigned, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *yr = y + r * width;
+      const float *dyr = dy + r * width;
+      float *dxr = dx + r * width;
+      float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+      for (int64_t c = 0; c < width; ++c) d += dyr[c] * yr[c];
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) dxr[c] = yr[c] * (dyr[c] - d);
+    }
+  });
+  return 0;
+}

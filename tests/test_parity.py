@@ -8,6 +8,10 @@ run exactly (each run's decisions are the spec's rules on its own numbers), acro
 where two candidates are tied within twice the measured score or similarity difference, at any block;
 the measured differences must be within FP32_SCORE_RTOL / FP32_SIM_ATOL. Logits are compared for the
 images whose decisions agree at every block (all of them in the dense case).
+
+On the CPU backend the model runs fused kernels (LayerNorm, softmax, head split/merge, the compression's
+significance, plan and merge: mindppt.models.fused_cpu); Ascend and GPU run the portable MindSpore ops.
+Both are held to the same reference here.
 """
 import mindspore as ms
 import numpy as np
@@ -16,7 +20,7 @@ from decision_checks import Run, assert_policy_case, assert_reference_parity, pr
 from model_helpers import random_images
 from ppt_reference import deit_config, random_deit_params, reference_forward
 
-from mindppt.models import create_model
+from mindppt.models import create_model, fused_cpu
 from mindppt.models.ppt import is_runtime_setting
 
 NUM_CLASSES = 100
@@ -44,7 +48,7 @@ def setup():
     return params, images, float(np.sqrt(v[3] * v[4]))
 
 
-def run_case(case, setup):
+def run_case(case, setup, portable=False):
     params, images, split = setup
     threshold = CASES[case]
     if threshold is None:
@@ -55,8 +59,14 @@ def run_case(case, setup):
     if case not in _REFERENCE:
         _REFERENCE[case] = reference_forward(params, images, num_heads=6, **kwargs)
     ref_logits, ref_infos = _REFERENCE[case]
-    model = load_params(create_model("ppt_deit_small_patch16_224", num_classes=NUM_CLASSES,
-                                     trace_source=True, **kwargs), params)
+    if portable:
+        with fused_cpu.disabled():
+            model = create_model("ppt_deit_small_patch16_224", num_classes=NUM_CLASSES, trace_source=True, **kwargs)
+        assert model.blocks[0].norm1.fused is None and model.blocks[0].attn.split_qkv is None
+    else:
+        model = create_model("ppt_deit_small_patch16_224", num_classes=NUM_CLASSES, trace_source=True, **kwargs)
+        assert model.blocks[0].norm1.fused is not None, "the fused CPU kernels did not build here"
+    model = load_params(model, params)
     logits, infos = probe(model, images)
     return (Run.from_model("mindppt", logits, infos, threshold),
             Run.from_reference("reference", ref_logits, ref_infos, threshold))
@@ -80,3 +90,9 @@ def test_parity_graph_mode(case, setup):
 def test_parity_pynative_mode(case, setup, pynative):
     assert ms.get_context("mode") == ms.PYNATIVE_MODE
     check(case, "pynative", *run_case(case, setup))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_graph_mode_portable_ops(case, setup):
+    """The graph Ascend and GPU run (no fused CPU kernel), against the same reference."""
+    check(case, "graph portable", *run_case(case, setup, portable=True))

@@ -32,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="after timing, profile two more calls and print the K costliest op types (ms per call)")
     return parser.parse_args(argv)
 
 
@@ -81,6 +83,18 @@ def main(argv=None):
         step()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        for event in events[:args.profile]:
+            print(f"{event.key:<40} {event.count / 2:>7.0f} calls {event.self_cpu_time_total / 2e3:>9.1f} ms "
+                  f"{100 * event.self_cpu_time_total / total:>5.1f}%", file=sys.stderr)
+        print(f"{'total':<40} {'':>13} {total / 2e3:>9.1f} ms", file=sys.stderr)
     print(json.dumps({"framework": "official", "model": args.model, "ppt": args.ppt, "train": args.train,
                       "batch_size": args.batch_size, "img_per_s": args.batch_size / median, "times": times,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

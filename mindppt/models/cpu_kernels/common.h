@@ -3,6 +3,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -29,8 +30,12 @@ inline float Exp(float a) {
 }
 
 inline unsigned NumThreads() {
-  const unsigned threads = std::thread::hardware_concurrency();
-  return threads < 1 ? 1 : threads;
+  static const unsigned threads = [] {
+    const char *env = std::getenv("MINDPPT_KERNEL_THREADS");
+    const unsigned n = env != nullptr ? static_cast<unsigned>(std::atoi(env)) : std::thread::hardware_concurrency();
+    return n < 1 ? 1u : n;
+  }();
+  return threads;
 }
 
 // fn(thread, begin, end) over [0, n) split into one contiguous chunk per thread; small jobs run inline

@@ -1,0 +1,223 @@
+"""The fused CPU kernels besides GELU (mindppt.models.fused_cpu): LayerNorm, softmax with PPT's log-size
+bias, the attention's head split/merge, patch extraction, PPT's compression (significance, plan,
+size-weighted merge, source rows) and the Linear layer's bias gradient, each against float64 NumPy,
+forward and backward, at every instruction-set level this CPU runs.
+
+Bounds are in float32 unit roundoffs of the quantities involved (the kernels sum in double where a long
+sum is taken; a few roundings per element otherwise). Copies (head split/merge, patches, source rows of
+0/1 values) and discrete decisions (which token goes where) are exact.
+"""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+from model_helpers import U32
+from ppt_reference import pool, prune, significance_scores
+
+from mindppt.models import create_model, fused_cpu
+from mindppt.models.vit import LayerNorm, Linear, Softmax
+
+RNG = np.random.default_rng(0)
+
+
+def _levels_this_cpu_runs():
+    level = fused_cpu.isa_level()
+    if level not in fused_cpu.X86_64_LEVELS:
+        return [level]
+    return list(fused_cpu.X86_64_LEVELS[:fused_cpu.X86_64_LEVELS.index(level) + 1])
+
+
+@pytest.fixture(scope="module", params=_levels_this_cpu_runs())
+def library(request, tmp_path_factory):
+    """The kernels built for each instruction-set level this CPU can run (lower levels included)."""
+    return fused_cpu.build_library(request.param, str(tmp_path_factory.mktemp(request.param)))
+
+
+def f32(a):
+    return np.asarray(a, np.float32)
+
+
+def t(a):
+    return ms.Tensor(f32(a))
+
+
+def test_layer_norm_forward_and_backward_against_float64(library):
+    forward, backward = fused_cpu.layer_norm_ops(library)
+    x = f32(RNG.standard_normal((3, 37, 384)) * 3 + 1).astype(np.float64)
+    w, b = f32(RNG.standard_normal(384)).astype(np.float64), f32(RNG.standard_normal(384)).astype(np.float64)
+    dy = f32(RNG.standard_normal(x.shape)).astype(np.float64)
+    eps = ms.Tensor(np.array([1e-6], np.float32))
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-6)
+    xhat = (x - mean) * rstd
+    y = forward(t(x), t(w), t(b), eps).asnumpy()
+    # roundings of x - mean (relative to |x| + |mean|), of 1 / std, of the products and the bias add
+    scale = (np.abs(x) + np.abs(mean)) * rstd * np.abs(w)
+    assert np.all(np.abs(y - (xhat * w + b)) <= 8 * U32 * (scale + np.abs(xhat * w) + np.abs(b)))
+    dx, dw, db = (o.asnumpy() for o in backward(t(x), t(w), eps, t(dy)))
+    g = dy * w
+    a, c = g.mean(-1, keepdims=True), (g * xhat).mean(-1, keepdims=True)
+    exact_dx = rstd * (g - a - xhat * c)
+    spread = (np.abs(x) + np.abs(mean)) * rstd  # the rounding of x - mean, carried by xhat
+    assert np.all(np.abs(dx - exact_dx) <= 16 * U32 * rstd * (np.abs(g) + np.abs(a) + spread * np.abs(c)))
+    rows = dy.reshape(-1, 384), xhat.reshape(-1, 384)
+    spread = spread.reshape(-1, 384)
+    assert np.all(np.abs(dw - (rows[0] * rows[1]).sum(0)) <= 8 * U32 * np.abs(rows[0] * spread).sum(0))
+    assert np.all(np.abs(db - rows[0].sum(0)) <= 8 * U32 * np.abs(rows[0]).sum(0))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_softmax_forward_and_backward_against_float64(library, with_bias):
+    forward, bias_forward, backward = fused_cpu.softmax_ops(library)
+    x = f32(RNG.standard_normal((2, 3, 29, 29)) * 4).astype(np.float64)
+    x[0, 0, 0, 1] = -200.0  # exp underflows to an exact 0
+    size = np.floor(RNG.uniform(1, 12, (2, 29)))
+    bias = f32(np.log(size)).astype(np.float64)
+    z = x + (bias[:, None, None, :] if with_bias else 0.0)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    exact = e / e.sum(-1, keepdims=True)
+    y = (bias_forward(t(x), t(bias)) if with_bias else forward(t(x))).asnumpy().astype(np.float64)
+    assert np.all(np.abs(y - exact) <= (29 + 8) * U32 * exact + 1e-45)
+    assert y[0, 0, 0, 1] == 0.0 and np.all(np.abs(y.sum(-1) - 1) <= 40 * U32)
+    dy = f32(RNG.standard_normal(x.shape)).astype(np.float64)
+    dx = backward(t(y), t(dy)).asnumpy()
+    dot = (dy * y).sum(-1, keepdims=True)
+    bound = (29 + 8) * U32 * np.abs(y) * (np.abs(dy) + np.abs(dy * y).sum(-1, keepdims=True))
+    assert np.all(np.abs(dx - y * (dy - dot)) <= bound + 1e-45)
+
+
+def test_head_split_merge_and_patches_are_exact_copies(library):
+    split, split_backward = fused_cpu.split_qkv_ops(6, library)
+    swap = fused_cpu.swap_axes_op(library)
+    qkv = f32(RNG.standard_normal((2, 7, 3 * 6 * 4)))
+    scale = f32([0.125])  # a power of two: the scaled q is exact too
+    q, k, v = (o.asnumpy() for o in split(ms.Tensor(qkv), ms.Tensor(scale)))
+    heads = qkv.reshape(2, 7, 3, 6, 4).transpose(2, 0, 3, 1, 4)
+    assert np.array_equal(q, heads[0] * scale[0]) and np.array_equal(k, heads[1]) and np.array_equal(v, heads[2])
+    grads = [f32(RNG.standard_normal(q.shape)) for _ in range(3)]
+    dqkv = split_backward(*(ms.Tensor(g) for g in grads), ms.Tensor(scale)).asnumpy()
+    expected = np.stack([grads[0] * scale[0], grads[1], grads[2]]).transpose(1, 3, 0, 2, 4).reshape(qkv.shape)
+    assert np.array_equal(dqkv, expected)
+    assert np.array_equal(swap(ms.Tensor(q)).asnumpy(), q.transpose(0, 2, 1, 3))
+    images = f32(RNG.standard_normal((2, 3, 32, 48)))
+    patches = fused_cpu.patchify_op(16, library)(ms.Tensor(images)).asnumpy()
+    expected = images.reshape(2, 3, 2, 16, 3, 16).transpose(0, 2, 4, 1, 3, 5).reshape(12, 3 * 256)
+    assert np.array_equal(patches, expected)
+
+
+def _random_block(batch, heads, tokens, dim, width):
+    attn = RNG.random((batch, heads, tokens, tokens)) ** 4
+    attn = f32(attn / attn.sum(-1, keepdims=True))
+    return (f32(RNG.standard_normal((batch, tokens, width))), attn, f32(RNG.standard_normal((batch, heads, tokens, dim))),
+            f32(RNG.standard_normal((batch, heads, tokens, dim))), f32(np.floor(RNG.uniform(1, 5, (batch, tokens)))))
+
+
+@pytest.mark.parametrize("num_protected", [1, 2])
+def test_compression_kernels_follow_the_reference(library, num_protected):
+    """Significance within float32 bounds of the reference; per image (prune or pool, chosen here) the
+    kept positions exactly the reference's, the merged tokens its size-weighted means, sizes and source
+    rows exact; the merge's gradient is the weighted copy back to each input token (0 if pruned)."""
+    batch, heads, tokens, dim, width, r = 6, 3, 41, 8, 24, 12
+    x, attn, k, v, size = _random_block(batch, heads, tokens, dim, width)
+    significance, plan, merge, merge_backward, sum_rows = fused_cpu.compression_ops(tokens - r, library)
+    protect = ms.Tensor(np.array([num_protected], np.float32))
+    scores, variance = (o.asnumpy() for o in significance(t(attn), t(v), protect))
+    pooled = np.array([1, 0, 1, 0, 1, 0], np.float32)
+    kept, dest = (o.asnumpy() for o in plan(t(scores), t(pooled), t(k), protect))
+    new_x, new_size = (o.asnumpy() for o in merge(t(x), t(size), ms.Tensor(dest)))
+    source = f32(np.eye(tokens)[None].repeat(batch, 0) * RNG.integers(0, 2, (batch, tokens, 1)))
+    new_source = sum_rows(t(source), ms.Tensor(dest)).asnumpy()
+    for i in range(batch):
+        ref_scores, ref_variance = significance_scores(attn[i].astype(np.float64), v[i].astype(np.float64),
+                                                       num_protected)
+        assert np.array_equal(scores[i, :num_protected], ref_scores[:num_protected])
+        assert np.all(np.abs(scores[i] - ref_scores) <= 64 * U32 * ref_scores.max())
+        assert abs(variance[i] - ref_variance) <= 256 * U32 * ref_variance
+        args = (x[i].astype(np.float64), size[i].astype(np.float64), source[i].astype(np.float64))
+        if pooled[i]:
+            ref_x, ref_size, ref_source, ref_kept = pool(*args, k[i].astype(np.float64), r, num_protected)
+        else:
+            ref_x, ref_size, ref_source, ref_kept = prune(*args, scores[i].astype(np.float64), r)
+        assert np.array_equal(kept[i], ref_kept), (i, kept[i], ref_kept)
+        assert np.array_equal(new_size[i], ref_size) and np.array_equal(new_source[i], ref_source)
+        assert np.all(np.abs(new_x[i] - ref_x) <= 16 * U32 * np.abs(ref_x).max(axis=1, keepdims=True) * 4)
+        assert sorted(set(dest[i]) - {-1}) == list(range(tokens - r))
+        assert np.array_equal(dest[i][kept[i]], np.arange(tokens - r))  # each kept token heads its own slot
+        assert (dest[i] == -1).sum() == (0 if pooled[i] else r)
+    dnew = f32(RNG.standard_normal(new_x.shape))
+    dx = merge_backward(t(dnew), t(size), t(new_size), ms.Tensor(dest)).asnumpy()
+    for i in range(batch):
+        for j in range(tokens):
+            d = dest[i, j]
+            expected = np.zeros(width) if d < 0 else size[i, j] / new_size[i, d] * dnew[i, d].astype(np.float64)
+            assert np.all(np.abs(dx[i, j] - expected) <= 4 * U32 * np.abs(expected))
+
+
+class _Loss(nn.Cell):
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, x, weight):
+        return (self.cell(x) * weight).sum()
+
+
+def _grads(cell, x, weight):
+    net = _Loss(cell)
+    return ms.grad(net, grad_position=0, weights=net.trainable_params())(ms.Tensor(x), ms.Tensor(weight))
+
+
+def test_cells_take_the_fused_path_in_float32_and_match_the_portable_cells():
+    """LayerNorm, Softmax (with bias) and Linear: outputs and gradients of the fused and the portable
+    cell agree within float32 bounds; the portable cell is the graph Ascend and GPU run."""
+    x = f32(RNG.standard_normal((4, 9, 64)))
+    weight = f32(RNG.standard_normal((4, 9, 64)))
+    with fused_cpu.disabled():
+        portable = [LayerNorm(64), Linear(64, 64)]
+    fused = [LayerNorm(64), Linear(64, 64)]
+    assert fused[0].fused is not None and fused[1].fn is not None
+    assert portable[0].fused is None and portable[1].fn is None
+    for a, b in zip(fused, portable):
+        for pa, pb in zip(a.trainable_params(), b.trainable_params()):
+            pa.set_data(ms.Tensor(f32(RNG.standard_normal(pa.shape))))
+            pb.set_data(pa.data.copy())
+        ya, yb = a(ms.Tensor(x)).asnumpy(), b(ms.Tensor(x)).asnumpy()
+        assert np.abs(ya - yb).max() <= 64 * U32 * np.abs(yb).max()
+        (dxa, dwa), (dxb, dwb) = _grads(a, x, weight), _grads(b, x, weight)
+        assert np.abs(dxa.asnumpy() - dxb.asnumpy()).max() <= 256 * U32 * np.abs(dxb.asnumpy()).max()
+        for ga, gb in zip(dwa, dwb):
+            assert np.abs(ga.asnumpy() - gb.asnumpy()).max() <= 256 * U32 * np.abs(gb.asnumpy()).max()
+    logits = f32(RNG.standard_normal((2, 3, 9, 9)) * 3)
+    log_size = f32(np.log(RNG.integers(1, 9, (2, 9))))
+    with fused_cpu.disabled():
+        portable_softmax = Softmax(with_bias=True)
+    fused_softmax = Softmax(with_bias=True)
+    assert fused_softmax.fused is not None and portable_softmax.fused is None
+    ya = fused_softmax(ms.Tensor(logits), ms.Tensor(log_size)).asnumpy()
+    yb = portable_softmax(ms.Tensor(logits), ms.Tensor(log_size)).asnumpy()
+    assert np.abs(ya - yb).max() <= 64 * U32
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1e9])
+def test_fused_training_gradients_match_the_portable_model(threshold):
+    """A PPT DeiT-Ti (all-prune, all-pool; drop path off) built with and without the fused kernels, same
+    weights: the loss gradient of every parameter agrees within float32 bounds, so the kernels' backward
+    passes (LayerNorm, softmax, head split/merge, the merge, GELU, the Linear bias) train the same model."""
+    def build():
+        ms.set_seed(0)
+        return create_model("ppt_deit_tiny_patch16_224", img_size=64, num_classes=10, r_tokens=4,
+                            pp_loc_list=(1, 3), threshold=threshold)
+    fused = build()
+    with fused_cpu.disabled():
+        portable = build()
+    images = ms.Tensor(f32(RNG.standard_normal((4, 3, 64, 64))))
+    targets = ms.Tensor(f32(RNG.standard_normal((4, 10))))
+
+    def grads(model):
+        model.set_train(True)
+        net = _Loss(model)
+        return ms.grad(net, grad_position=None, weights=model.trainable_params())(images, targets)
+
+    for name, (a, b) in zip((p.name for p in fused.trainable_params()), zip(grads(fused), grads(portable))):
+        a, b = a.asnumpy(), b.asnumpy()
+        assert np.abs(a - b).max() <= 2 ** 12 * U32 * max(np.abs(b).max(), 1e-30), name

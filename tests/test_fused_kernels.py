@@ -108,8 +108,9 @@ def test_head_split_merge_and_patches_are_exact_copies(library):
 def _random_block(batch, heads, tokens, dim, width):
     attn = RNG.random((batch, heads, tokens, tokens)) ** 4
     attn = f32(attn / attn.sum(-1, keepdims=True))
-    return (f32(RNG.standard_normal((batch, tokens, width))), attn, f32(RNG.standard_normal((batch, heads, tokens, dim))),
-            f32(RNG.standard_normal((batch, heads, tokens, dim))), f32(np.floor(RNG.uniform(1, 5, (batch, tokens)))))
+    keys, values = (f32(RNG.standard_normal((batch, heads, tokens, dim))) for _ in range(2))
+    return (f32(RNG.standard_normal((batch, tokens, width))), attn, keys, values,
+            f32(np.floor(RNG.uniform(1, 5, (batch, tokens)))))
 
 
 @pytest.mark.parametrize("num_protected", [1, 2])

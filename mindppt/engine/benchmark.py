@@ -42,6 +42,7 @@ from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
 
+
 def rss_mb():
     with open("/proc/self/statm", encoding="ascii") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

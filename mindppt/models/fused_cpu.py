@@ -8,9 +8,9 @@ CPU LayerNorm and softmax kernels are several times slower than PyTorch's. The k
 backward, and the attention's head split/merge and the patch extraction as plain copies (``layout.cc``:
 each MindSpore CPU Transpose call site also kept a buffer of twice its tensor alive), and PPT's
 compression plan and size-weighted merge as index maps (``compression.cc``: the portable path's
-assignment matrices made a compression block cost more memory than a dense block). They are compiled together, with the system's C++ compiler, into one library in a per-user
-cache the first time a model is built on the CPU backend
-(``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a per-user temporary directory
+assignment matrices made a compression block cost more memory than a dense block). They are compiled
+together, with the system's C++ compiler, into one library in a per-user cache the first time a model
+is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a per-user temporary directory
 when that is not writable). Anything that stops it (another backend, no compiler, a failed build,
 ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable MindSpore-op formulation in
 place (the MindSpore-op formulation Ascend and GPU run); a failed build is reported once as a warning.
@@ -41,7 +41,8 @@ from mindspore import ops
 from mindppt.io import atomic_output, atomic_write
 
 _KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels")
-_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc")  # the header first: part of the hash
+# every source is part of the library's hash; the .cc files are compiled together
+_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc")
 _PREFIX = "mindppt_cpu"
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]

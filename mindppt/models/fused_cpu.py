@@ -10,10 +10,11 @@ each MindSpore CPU Transpose call site also kept a buffer of twice its tensor al
 compression plan and size-weighted merge as index maps (``compression.cc``: the portable path's
 assignment matrices made a compression block cost more memory than a dense block). They are compiled
 together, with the system's C++ compiler, into one library in a per-user cache the first time a model
-is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a per-user temporary directory
-when that is not writable). Anything that stops it (another backend, no compiler, a failed build,
-``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable MindSpore-op formulation in
-place (the MindSpore-op formulation Ascend and GPU run); a failed build is reported once as a warning.
+is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a
+per-user temporary directory when that is not writable). Anything that stops it (another backend, no
+compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable
+MindSpore-op formulation in place (the graph Ascend and GPU run); a failed build is reported once as a
+warning. The kernels split large jobs over ``MINDPPT_KERNEL_THREADS`` threads (default: every core).
 
 A cache may be shared between machines (an NFS home, a container image built elsewhere), so a library
 is never built for "this CPU" (``-march=native``) but for an explicit instruction-set level: on x86-64

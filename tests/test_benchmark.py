@@ -3,7 +3,6 @@ dense/PPT pairs), the closing table, checked against the registry and ``flops.mo
 measurements (one process per model: its own peak memory). Values, not speed."""
 import json
 import os
-import resource
 
 import pytest
 from tool_helpers import ROOT, assert_error, run_tool
@@ -80,9 +79,9 @@ def test_unknown_model_is_one_error_line(tmp_path):
 
 
 def test_isolated_runs_report_each_models_own_peak_memory_training_included(tmp_path):
-    """--isolate: every (model, mode) in a fresh process, alternating; the peak is that process's maximum
-    resident set (above an interpreter with MindSpore loaded, below this test process's own, which has
-    built several models), and the table gains the memory columns."""
+    """--isolate: every (model, mode) in a fresh process, alternating; the peak is that process's own maximum
+    resident set (VmHWM: above an interpreter with MindSpore loaded, not the parent's carried over), and the
+    table gains the memory columns."""
     out_json, out_md = tmp_path / "zoo.json", tmp_path / "zoo.md"
     result = run_tool(BENCHMARK, "--models", "*digits*", "--batch_size", "2", "--num_classes", "3", "--rounds", "2",
                       "--iters", "1", "--warmup", "0", "--isolate", "--train", "--json", out_json,
@@ -96,7 +95,7 @@ def test_isolated_runs_report_each_models_own_peak_memory_training_included(tmp_
     for row in rows:
         assert row["framework"] == "mindppt" and len(row["rounds"]) == 2
         assert 200 < row["process_peak_mb"] < 8000, row
-        assert row["process_peak_mb"] != resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        assert row["process_peak_mb"] != benchmark.process_peak_mb()
     with open(out_md, encoding="utf-8") as f:
         markdown = f.read()
     assert "each measurement in its own process" in markdown

@@ -11,7 +11,6 @@ measurement (docs/performance.md).
 """
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -35,6 +34,15 @@ def parse_args(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="after timing, profile two more calls and print the K costliest op types (ms per call)")
     return parser.parse_args(argv)
+
+
+def peak_rss_mb():
+    """This process's own peak resident memory (VmHWM: ru_maxrss would include the parent's at fork)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def main(argv=None):
@@ -97,7 +105,7 @@ def main(argv=None):
         print(f"{'total':<40} {'':>13} {total / 2e3:>9.1f} ms", file=sys.stderr)
     print(json.dumps({"framework": "official", "model": args.model, "ppt": args.ppt, "train": args.train,
                       "batch_size": args.batch_size, "img_per_s": args.batch_size / median, "times": times,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "torch": torch.__version__, "timm": timm.__version__}))
 
 

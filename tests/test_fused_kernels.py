@@ -11,11 +11,11 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn
-from model_helpers import U32
+from model_helpers import GELU_GRAD_ATOL, U32, assert_gelu_close, exact_gelu_grad
 from ppt_reference import pool, prune, significance_scores
 
 from mindppt.models import create_model, fused_cpu
-from mindppt.models.vit import LayerNorm, Linear, Softmax
+from mindppt.models.vit import GELU, LayerNorm, Linear, Softmax
 
 RNG = np.random.default_rng(0)
 
@@ -222,3 +222,27 @@ def test_fused_training_gradients_match_the_portable_model(threshold):
     for name, (a, b) in zip((p.name for p in fused.trainable_params()), zip(grads(fused), grads(portable))):
         a, b = a.asnumpy(), b.asnumpy()
         assert np.abs(a - b).max() <= 2 ** 12 * U32 * max(np.abs(b).max(), 1e-30), name
+
+
+def test_bias_gelu_is_the_gelu_of_the_biased_input_with_both_gradients(library):
+    """The MLP's fc1 epilogue: gelu(x + bias) within the GELU's float32 bound of the exact GELU of the
+    (float32-rounded) sum; the input gradient the GELU's, the bias gradient its sum over rows."""
+    forward, backward = fused_cpu.bias_gelu_ops(library)
+    x = f32(RNG.standard_normal((50, 96)) * 3)
+    bias = f32(RNG.standard_normal(96))
+    h = (x + bias).astype(np.float64)  # the kernel's float32 sum, exactly
+    assert_gelu_close(forward(ms.Tensor(x), ms.Tensor(bias)).asnumpy(), h, what="bias GELU")
+    dout = f32(RNG.standard_normal(x.shape)).astype(np.float64)
+    dx = backward(ms.Tensor(x), ms.Tensor(bias), t(dout)).asnumpy()
+    expected = dout * exact_gelu_grad(h)
+    assert np.all(np.abs(dx - expected) <= np.abs(dout) * GELU_GRAD_ATOL + 2 * U32 * np.abs(expected))
+    layer = Linear(96, 96, gelu=GELU())
+    assert layer.bias_gelu is not None
+    net = _Loss(layer)
+    rows = f32(RNG.standard_normal((7, 96)))
+    weight = f32(RNG.standard_normal((7, 96)))
+    _, (dw, db) = ms.grad(net, grad_position=0, weights=net.trainable_params())(ms.Tensor(rows), ms.Tensor(weight))
+    pre = rows.astype(np.float64) @ layer.weight.asnumpy().T.astype(np.float64) + layer.bias.asnumpy()
+    dpre = weight * exact_gelu_grad(pre)
+    assert np.abs(db.asnumpy() - dpre.sum(0)).max() <= 1e-5 * np.abs(dpre).sum(0).max()
+    assert np.abs(dw.asnumpy() - dpre.T @ rows).max() <= 1e-5 * np.abs(dpre).T.dot(np.abs(rows)).max()

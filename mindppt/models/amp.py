@@ -17,8 +17,9 @@ does by itself (``mindspore/train/amp.py``, the default non-rewrite path):
   ``trace_source=True`` it fails on a pyboost primitive (``TypeError: ... got _PyboostBroadcastToPrim``),
   and it would break again whenever model code uses such a call. So O1 here is cell-level: every
   ``nn.Dense`` (the only cell of MindSpore's O1 white list that our models call) computes in the low
-  dtype and hands float32 back, as MindSpore's O1 does; the primitive calls inside our own cells
-  (patch-embedding MatMul, attention BatchMatMuls) and everything else stay float32.
+  dtype and hands float32 back, as MindSpore's O1 does (the MLP's first Dense includes its GELU, as
+  ``nn.Dense(activation=...)`` would: that GELU runs in the low dtype too); the primitive calls inside
+  our own cells (patch-embedding MatMul, attention BatchMatMuls) and everything else stay float32.
 
 After that, for O2 and O3 this module pins:
 
@@ -30,7 +31,7 @@ After that, for O2 and O3 this module pins:
   round), and the residual stream ``x + f(x)`` adds in float32 (as PyTorch autocast does), while every
   matmul still runs in the low dtype.
 * O2 only (MindSpore's O2 black list, extended to our cells): ``LayerNorm`` and the attention
-  ``nn.Softmax`` in float32. The attention probabilities handed to the scores are then float32; the
+  softmax in float32. The attention probabilities handed to the scores are then float32; the
   ``attn_drop`` cell (low dtype) casts them back down for the attention-times-value matmul.
 
 Everything else (patch embedding, q/k/v/proj/MLP/head matmuls, GELU) runs in ``dtype``. Works in

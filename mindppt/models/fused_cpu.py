@@ -244,6 +244,16 @@ def gelu_ops(library=None):
             _custom(library, "MindpptGeluBackward", _first, _first))
 
 
+def bias_gelu_ops(library=None):
+    """``(forward, backward)`` of ``gelu(x + bias)`` for x (R, H), bias (H), or None. backward(x, bias,
+    dout) -> the gradient for x (and for the bias, summed over rows)."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return (_custom(library, "MindpptBiasGeluForward", _first, _first),
+            _custom(library, "MindpptBiasGeluBackward", _first, _first))
+
+
 def layer_norm_ops(library=None):
     """``(forward, backward)`` of the fused LayerNorm over the last axis, or None.
     forward(x, weight, bias, eps) -> y; backward(x, weight, eps, dy) -> (dx, dweight, dbias); eps is a
@@ -274,7 +284,7 @@ def split_qkv_ops(num_heads, library=None):
     if library is None:
         return None
 
-    def split_shape(qkv, _):
+    def split_shape(qkv, *_):
         batch, tokens, width = qkv
         head = (batch, num_heads, tokens, width // (3 * num_heads))
         return head, head, head
@@ -283,7 +293,7 @@ def split_qkv_ops(num_heads, library=None):
         batch, heads, tokens, dim = dq
         return batch, tokens, 3 * heads * dim
 
-    return (_custom(library, "MindpptSplitQkv", split_shape, lambda qkv, _: (qkv, qkv, qkv)),
+    return (_custom(library, "MindpptSplitQkv", split_shape, lambda qkv, *_: (qkv, qkv, qkv)),
             _custom(library, "MindpptSplitQkvBackward", merged_shape, _first))
 
 

@@ -51,17 +51,21 @@ class LayerNorm(nn.Cell):
         return y
 
 
-class _FusedPatchify(nn.Cell):
-    """The CPU patch-extraction kernel; images get no gradient."""
+class _UnaryKernel(nn.Cell):
+    """A one-input CPU layout kernel as a cell. ``self_adjoint``: its gradient is the same kernel applied
+    to the output's gradient (an axis swap); else the input gets no gradient (images)."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, self_adjoint):
         super().__init__()
         self.kernel = kernel
+        self.self_adjoint = self_adjoint
 
     def construct(self, x):
         return self.kernel(x)
 
     def bprop(self, x, out, dout):
+        if self.self_adjoint:
+            return (self.kernel(dout),)
         return (ops.zeros_like(x),)
 
 
@@ -83,7 +87,7 @@ class PatchEmbed(nn.Cell):
                               pad_mode="valid", has_bias=True)
         self.matmul = ops.MatMul(transpose_b=True)
         patchify = fused_cpu.patchify_op(patch_size)
-        self.patchify = _FusedPatchify(patchify) if patchify is not None else None
+        self.patchify = _UnaryKernel(patchify, self_adjoint=False) if patchify is not None else None
 
     def macs(self):
         """Multiply-accumulates of the projection for one image."""
@@ -290,20 +294,6 @@ class _FusedSplitQkv(nn.Cell):
         return (self.backward_kernel(dout[0], dout[1], dout[2], self.scale),)
 
 
-class _FusedSwapAxes(nn.Cell):
-    """The CPU kernel swapping axes 1 and 2 of a 4-D tensor (its own gradient)."""
-
-    def __init__(self, kernel):
-        super().__init__()
-        self.kernel = kernel
-
-    def construct(self, x):
-        return self.kernel(x)
-
-    def bprop(self, x, out, dout):
-        return (self.kernel(dout),)
-
-
 class Attention(nn.Cell):
     """Multi-head self-attention; with ``prop_attn`` the logits get ``log(size_j)`` (ToMe/PPT).
 
@@ -327,7 +317,7 @@ class Attention(nn.Cell):
         self.softmax = Softmax(with_bias=prop_attn)
         split, swap = fused_cpu.split_qkv_ops(num_heads), fused_cpu.swap_axes_op()
         self.split_qkv = _FusedSplitQkv(split, self.scale) if split is not None else None
-        self.merge_heads = _FusedSwapAxes(swap) if swap is not None else None
+        self.merge_heads = _UnaryKernel(swap, self_adjoint=True) if swap is not None else None
 
     def construct(self, x, size):
         b, n, c = x.shape

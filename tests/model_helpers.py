@@ -3,6 +3,7 @@ import math
 
 import mindspore as ms
 import numpy as np
+from mindspore import nn
 
 U32 = 2.0 ** -24  # unit roundoff of float32
 U16 = 2.0 ** -11  # unit roundoff of float16
@@ -65,3 +66,14 @@ def assert_gelu_close(actual, x, phi_ulps=FUSED_PHI_ULPS, what="GELU"):
     tol = gelu_tolerance(x, phi_ulps)
     worst = int(np.argmax(err - tol))
     assert np.all(err <= tol), f"{what}: at x = {x[worst]!r} error {err[worst]:.3g} > bound {tol[worst]:.3g}"
+
+
+class SumOf(nn.Cell):
+    """``(cell(x) * weight).sum()``: a scalar whose gradient is ``weight`` pulled back through ``cell``."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, x, weight):
+        return (self.cell(x) * weight).sum()

@@ -13,12 +13,12 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn
 from model_helpers import (
     FP16_GELU_TOL,
     GELU_GRAD_ATOL,
     MINDSPORE_PHI_ULPS,
     U32,
+    SumOf,
     assert_gelu_close,
     exact_gelu,
     exact_gelu_grad,
@@ -29,15 +29,6 @@ from mindppt.models import create_model, fused_cpu
 from mindppt.models.vit import GELU
 
 X = np.concatenate([np.linspace(-40, 40, 160001), [-1e30, -1e4, -300.0, 300.0, 1e4, 1e30]])
-
-
-class SumOf(nn.Cell):
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def construct(self, x, weight):
-        return (self.act(x) * weight).sum()
 
 
 def _assert_grad_close(grad, x, weight, what):

@@ -17,6 +17,7 @@ loss scaling, clipping and EMA).
 """
 import datetime
 import fnmatch
+import functools
 import json
 import os
 import platform
@@ -337,19 +338,27 @@ OFFICIAL_TIMING = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(o
                                "tools", "official_ppt_timing.py")
 
 
+@functools.lru_cache(maxsize=None)
+def _ppt_setting(name, num_classes):
+    """(r, compression blocks, threshold) of a registered model, or None for a dense one."""
+    model = create_model(name, num_classes=num_classes)
+    if not model.compression_blocks:
+        return None
+    return max(model.r_per_block), tuple(model.compression_blocks), model.thresholds[0]
+
+
 def measure_official(name, batch, train, settings, repo, python):
     """The official PyTorch PPT on the same model (its timm 0.4.12 name; ``ppt_`` applies PPT with the
     model's own r, blocks and threshold) in a fresh process of ``python``. Same row keys as ours."""
-    model = create_model(name, num_classes=settings["num_classes"])
     base = name[len("ppt_"):] if name.startswith("ppt_") else name
     command = [python, OFFICIAL_TIMING, "--repo", repo, "--model", base, "--batch_size", str(batch),
                "--warmup", str(settings["warmup"]), "--iters", str(settings["iters"])]
     if settings["image_size"]:
         command += ["--image_size", str(settings["image_size"])]
-    if model.compression_blocks:
-        r = max(model.r_per_block)
-        command += ["--ppt", "--r_tokens", str(r), "--pp_loc_list", *map(str, model.compression_blocks),
-                    "--threshold", repr(model.thresholds[0])]
+    ppt = _ppt_setting(name, settings["num_classes"])
+    if ppt is not None:
+        r, blocks, threshold = ppt
+        command += ["--ppt", "--r_tokens", str(r), "--pp_loc_list", *map(str, blocks), "--threshold", repr(threshold)]
     if train:
         command.append("--train")
     row = _run_json(command, "", f"official timing of {name}")

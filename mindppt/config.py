@@ -1,30 +1,32 @@
-"""mindcv-style configuration: one argparse parser for every option, YAML recipes as its defaults.
+"""mindcv-style configuration: YAML recipes as argparse defaults, the command line overriding them, and one
+parser per tool assembled from shared option groups.
 
-Precedence, lowest to highest: the parser defaults below < the YAML file given by ``-c/--config`` <
-``--key value`` on the command line. YAML files are flat mappings whose keys are exactly the option
-names (``batch_size: 128``); every YAML value goes through the same type function as the command line,
-so ``threshold: 6e-5`` (a string to PyYAML) and ``--threshold 6e-5`` both become the float 6e-05.
+Precedence, lowest to highest: the option defaults below < the YAML file given by ``-c/--config`` <
+``--key value`` on the command line. A recipe is a flat mapping whose keys are option names
+(``batch_size: 128``); every value goes through the option's type function, so ``lr: 6e-5`` (a string to
+PyYAML) and ``--lr 6e-5`` both become the float 6e-05.
 
-Value syntax (command line and YAML alike):
+Names and meanings are mindcv's (its ``config.py`` and ``configs/``) wherever the concept is shared;
+options mindcv does not have are PPT's (``r_tokens``, ``pp_loc_list``, ``threshold``, ...) or DeiT's
+(``lr_per_512``, ``mixup_switch_prob``, the distillation options). A recipe is shared by every tool: a key
+that belongs to another tool is simply not read; a mindcv key that cannot change anything here
+(``dataset_sink_mode`` ...) is accepted and reported once by the tool that would have read it
+(:func:`unused_options`); a key no tool and not mindcv knows is an error with close matches.
 
-* booleans: ``true/false/1/0/yes/no/on/off`` (any case); on the command line ``--ema`` alone means true.
-* lists: a YAML list, or one comma-separated token on the command line (``--pp_loc_list 3,6,9``,
-  ``--scale 0.08,1.0``); ``r_tokens`` takes an int (every block in ``pp_loc_list``) or one int per block;
-  ``threshold`` and ``eval_threshold`` a float (every compression block) or one float per compression block.
-* optional values: ``none`` / ``null`` / an empty string (``--lr none``, ``auto_augment: null``) unset them.
+Value syntax (command line and YAML alike): booleans ``true/false/1/0/yes/no/on/off``, and ``--ema`` alone
+means true; lists as a YAML list or one comma-separated token (``--pp_loc_list 3,6,9``); ``r_tokens`` an
+int or one per block; ``threshold`` / ``eval_threshold`` a float or one per compression block;
+``none`` / ``null`` unsets an optional value. ``mean`` / ``std`` are in pixel units (0-255), as mindcv's.
 
-Learning rate: ``lr`` is absolute and wins when set. Otherwise ``lr = lr_per_512 * global_batch / 512``
-(DeiT's linear scaling rule, global_batch = batch_size * number of devices), computed by
-:func:`mindppt.engine.build.resolve_lr`. ``min_lr`` and ``warmup_lr`` are absolute, never scaled (as in DeiT).
-
-User errors (unknown keys, wrong types, unreadable YAML) exit through ``parser.error`` (status 2, a
-message, no traceback). :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`
-instead, for programmatic use.
+User errors raise :class:`~mindppt.errors.ConfigError` (a one-line message naming the file, key, value
+and what was expected); a flag another tool takes carries a ``hint`` naming that tool.
 """
 import argparse
 import difflib
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 
 import yaml
 
@@ -42,171 +44,291 @@ from mindppt.option_types import (
     str_type,
 )
 
-__all__ = ["EVAL_TOOLS", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
-           "default_config", "str2bool", "given_options", "ineffective_options"]
+__all__ = ["Option", "TOOLS", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
+           "default_config", "tool_options", "tools_reading", "unused_options", "options_table", "str2bool",
+           "ALL_OPTIONS"]
 
 
-# ----------------------------------------------------------------------------------------------------
-# The parser
-# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One configuration key: its type function, default, help, and whether mindcv has it (same name and
+    meaning) or it is mindppt's own."""
+    name: str
+    type: object
+    default: object
+    help: str
+    mindcv: bool = True
+
+
+def _re_value(value):
+    """mindcv's ``re_value``: a number, three numbers (per channel) or 'random' (per-pixel noise)."""
+    if isinstance(value, str) and value.strip().lower() == "random":
+        return "random"
+    try:
+        return float_type()(value)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        return list_of(float_type(), length=3)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'random', a number or three numbers, got {value!r}") from None
+
+
+_O = Option
+_PROB = float_type(0.0, 1.0)
+_POSITIVE = float_type(lo=0.0, lo_open=True)
+_RANGE = list_of(_POSITIVE, length=2)
+_AMP = choice("O0", "O1", "O2", "O3")
+
+# ---- option groups (the sections of --help) ----------------------------------------------------------
+GROUPS = {
+    "device": (
+        _O("device_target", choice("CPU", "GPU", "Ascend", "auto"), "CPU",
+           "CPU, GPU, Ascend, or auto (Ascend, else GPU, else CPU)"),
+        _O("device_id", int_type(lo=0), 0, "device index on one device", mindcv=False),
+        _O("mode", choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
+           "0 / graph (GRAPH_MODE) or 1 / pynative"),
+        _O("jit_level", optional(choice("O0", "O1", "O2")), None,
+           "graph compile level; none = MindSpore's default", mindcv=False),
+    ),
+    "system": (
+        _O("distribute", str2bool, False, "data parallel over the devices msrun launched"),
+        _O("seed", int_type(lo=0), 42, "random seed"),
+    ),
+    "model": (
+        _O("model", str_type, "ppt_deit_small_patch16_224", "registered model name"),
+        _O("num_classes", int_type(lo=1), 1000, "number of classes"),
+        _O("in_channels", int_type(lo=1), 3, "input channels"),
+        _O("pretrained", str2bool, False, "published weights by name (none can be downloaded: use ckpt_path)"),
+        _O("ckpt_path", optional(str_type), None, "weights: any format the weight loader reads"),
+        _O("ema", str2bool, False, "use the EMA weights of a tools/train.py checkpoint"),
+        _O("r_tokens", optional(int_or_list(lo=0)), None,
+           "tokens removed per compression block (int or one per block; 0 = dense); none = model's",
+           mindcv=False),
+        _O("pp_loc_list", optional(list_of(int_type(lo=0), unique=True)), None,
+           "0-indexed compression blocks, e.g. 3,6,9; none = model's", mindcv=False),
+        _O("eval_threshold", optional(float_or_list(lo=0.0)), None,
+           "policy threshold on the score variance (below: pool, else prune), float or one per block; "
+           "none = threshold", mindcv=False),
+        _O("prop_attn", optional(str2bool), None, "proportional attention; none = model's", mindcv=False),
+    ),
+    "data": (
+        _O("dataset", choice("imagenet", "imagefolder"), "imagenet",
+           "dataset type: an ImageFolder tree (class folders under each split)"),
+        _O("data_dir", str_type, "data/imagenet", "dataset root holding the split folders"),
+        _O("val_split", str_type, "val", "validation split folder"),
+        _O("batch_size", int_type(lo=1), 128, "batch size per device"),
+        _O("num_parallel_workers", int_type(lo=1), 4, "data-loading workers per device"),
+    ),
+    "preprocessing": (
+        _O("image_resize", optional(int_type(lo=1)), None, "input size (train crop, eval crop); none = model's"),
+        _O("interpolation", optional(choice("bilinear", "bicubic", "nearest")), None,
+           "resize interpolation; none = model's"),
+        _O("crop_pct", optional(float_type(lo=0.0, hi=1.0, lo_open=True)), None,
+           "eval: resize to image_resize / crop_pct, centre-crop; none = model's"),
+        _O("mean", optional(list_of(float_type(), length=3)), None, "normalisation mean, 0-255; none = model's"),
+        _O("std", optional(list_of(_POSITIVE, length=3)), None, "normalisation std, 0-255; none = model's"),
+    ),
+    "evaluation": (
+        _O("val_amp_level", _AMP, "O0", "mixed precision of evaluation"),
+        _O("log_interval", int_type(lo=1), 100, "log every N steps / batches"),
+    ),
+    "training": (
+        _O("train_split", str_type, "train", "training split folder"),
+        _O("shuffle", str2bool, True, "shuffle the training set"),
+        _O("drop_remainder", str2bool, True, "drop the last partial training batch"),
+        _O("threshold", optional(float_or_list(lo=0.0)), None,
+           "policy threshold while training (float or one per block); none = model's", mindcv=False),
+        _O("drop_rate", _PROB, 0.0, "dropout rate"),
+        _O("drop_path_rate", _PROB, 0.1, "stochastic depth rate"),
+        _O("ema_decay", _PROB, 0.99996, "EMA decay per step (with ema)"),
+        _O("loss", choice("CE"), "CE", "loss: CE (soft-target cross entropy)"),
+        _O("label_smoothing", _PROB, 0.1, "label smoothing"),
+    ),
+    "augmentation": (
+        _O("scale", _RANGE, [0.08, 1.0], "RandomResizedCrop area range"),
+        _O("ratio", _RANGE, [0.75, 1.3333333333333333], "RandomResizedCrop aspect range"),
+        _O("hflip", _PROB, 0.5, "horizontal flip probability"),
+        _O("vflip", _PROB, 0.0, "vertical flip probability"),
+        _O("auto_augment", optional(str_type), "rand-m9-mstd0.5-inc1", "RandAugment policy; none = off"),
+        _O("color_jitter", optional(float_type(lo=0.0)), 0.4, "colour jitter (not with auto_augment)"),
+        _O("re_prob", _PROB, 0.25, "random erasing probability"),
+        _O("re_scale", _RANGE, [0.02, 0.3333333333333333], "random erasing area range"),
+        _O("re_ratio", _RANGE, [0.3, 3.3], "random erasing aspect range"),
+        _O("re_value", _re_value, "random", "erased pixels: random (noise), a number or three"),
+        _O("re_max_attempts", int_type(lo=1), 10, "random erasing attempts"),
+        _O("mixup", float_type(lo=0.0), 0.8, "mixup alpha (0 = off)"),
+        _O("cutmix", float_type(lo=0.0), 1.0, "cutmix alpha (0 = off)"),
+        _O("cutmix_prob", _PROB, 1.0, "probability of mixup or cutmix per batch"),
+        _O("mixup_switch_prob", _PROB, 0.5, "cutmix instead of mixup when both are on", mindcv=False),
+        _O("aug_repeats", int_type(lo=0), 0, "repeated augmentation: repeats per image (0 = off; DeiT 3)"),
+    ),
+    "optimisation": (
+        _O("opt", choice("adamw", "sgd", "momentum"), "adamw", "optimizer"),
+        _O("lr", optional(float_type(lo=0.0)), None, "peak learning rate (absolute); wins over lr_per_512"),
+        _O("lr_per_512", optional(float_type(lo=0.0)), 5e-4,
+           "peak lr per 512 images of the global batch (DeiT rule)", mindcv=False),
+        _O("weight_decay", float_type(lo=0.0), 0.05, "weight decay"),
+        _O("weight_decay_filter", choice("disable", "auto", "norm_and_bias"), "norm_and_bias",
+           "no decay for: nothing / norms / norms, biases and the model's tokens"),
+        _O("momentum", _PROB, 0.9, "momentum (sgd, momentum)"),
+        _O("use_nesterov", str2bool, False, "Nesterov momentum (sgd, momentum)"),
+        _O("betas", list_of(_PROB, length=2), [0.9, 0.999], "AdamW betas", mindcv=False),
+        _O("eps", _POSITIVE, 1e-8, "AdamW epsilon"),
+        _O("scheduler", choice("cosine_decay", "constant"), "cosine_decay", "lr schedule after warmup"),
+        _O("epoch_size", int_type(lo=1), 300, "training epochs"),
+        _O("warmup_epochs", float_type(lo=0.0), 5.0, "linear warmup epochs (may be fractional)"),
+        _O("warmup_factor", float_type(lo=0.0), 0.0, "warmup starts at lr * warmup_factor"),
+        _O("decay_epochs", optional(float_type(lo=0.0, lo_open=True)), None,
+           "cosine_decay: epochs from lr to min_lr; none = the rest after warmup"),
+        _O("min_lr", float_type(lo=0.0), 1e-5, "final lr of cosine_decay"),
+        _O("lr_epoch_stair", str2bool, False, "one lr per epoch instead of per step"),
+        _O("amp_level", _AMP, "O0", "mixed precision of training"),
+        _O("loss_scale_type", choice("fixed", "dynamic", "none"), "none", "loss scaling"),
+        _O("loss_scale", _POSITIVE, 1024.0, "fixed scale, or the first dynamic one"),
+        _O("drop_overflow_update", str2bool, False, "fixed scaling: skip a step whose gradients overflow"),
+        _O("clip_grad", str2bool, False, "clip gradients by global norm"),
+        _O("clip_value", _POSITIVE, 15.0, "global-norm bound of clip_grad"),
+    ),
+    "checkpointing": (
+        _O("ckpt_save_dir", str_type, "outputs/run", "run directory: checkpoints, train.log, config.yaml"),
+        _O("ckpt_save_interval", int_type(lo=1), 1, "save a checkpoint every N epochs"),
+        _O("keep_checkpoint_max", int_type(lo=0), 5, "epoch checkpoints kept (0 = all)"),
+        _O("ckpt_save_policy", choice("latest_k", "top_k"), "latest_k",
+           "keep the newest, or the best-validated, keep_checkpoint_max"),
+        _O("resume_opt", str2bool, False, "ckpt_path is a training checkpoint: resume optimizer, lr, epoch"),
+        _O("val_while_train", str2bool, True, "validate during training"),
+        _O("val_interval", int_type(lo=1), 1, "validate every N epochs"),
+    ),
+    "distillation": (
+        _O("distillation_type", choice("none", "hard"), "none", "DeiT's hard distillation, or none",
+           mindcv=False),
+        _O("teacher_model", optional(str_type), None, "registered name of the teacher", mindcv=False),
+        _O("teacher_checkpoint", optional(str_type), None, "the teacher's weights", mindcv=False),
+        _O("distillation_alpha", _PROB, 0.5, "weight of the distillation loss", mindcv=False),
+    ),
+    "output": (
+        _O("metrics_out", optional(str_type), None, "write the metrics to this JSON file", mindcv=False),
+    ),
+}
+
+# mindcv keys with no counterpart here. Values that change nothing are accepted and reported by the tool
+# that would read them; a value that asks for something mindppt does not do is an error.
+_MINDCV_UNUSED = {
+    # key: (type, values that change nothing (None: any), why it changes nothing)
+    "dataset_download": (str2bool, None, "the data is read from ImageFolder directories, nothing is downloaded"),
+    "dataset_sink_mode": (str2bool, None, "the training loop feeds every step from the host (no dataset sink)"),
+    "val_amp_level": None,  # a real option (evaluation group)
+    "eval_shuffle": (str2bool, None, "evaluation metrics do not depend on the order of the images"),
+    "num_samples": (optional(int_type(lo=1)), (None,), "subsampling a split is not implemented; "
+                                                      "point data_dir at a smaller ImageFolder"),
+    "aug_splits": (int_type(lo=0), (0,), "AugMix splits are not implemented"),
+    "aux_factor": (float_type(lo=0.0), (0.0,), "no model here has an auxiliary-logits loss"),
+    "reduction": (choice("mean", "sum", "none"), ("mean",), "the loss is always the batch mean"),
+    "amp_cast_list": (optional(str_type), (None,), "per-cell cast lists are not supported; amp_level applies"),
+    "layer_decay": (optional(float_type(lo=0.0)), (None,), "layer-wise lr decay is not implemented"),
+    "gradient_accumulation_steps": (int_type(lo=1), (1,), "gradient accumulation is not implemented"),
+    "num_cycles": (int_type(lo=1), (1,), "cosine_decay here is one cycle"),
+    "cycle_decay": (float_type(lo=0.0), (1.0,), "cosine_decay here is one cycle"),
+    "decay_rate": (float_type(lo=0.0), None, "it applies to the step and exponential schedulers, which "
+                                             "mindppt does not offer"),
+    "multi_step_decay_milestones": (list_of(int_type(lo=0)), None, "it applies to multi_step_decay, which "
+                                                                  "mindppt does not offer"),
+}
+del _MINDCV_UNUSED["val_amp_level"]
+
+# ---- the tools ---------------------------------------------------------------------------------------
+_TRAIN_GROUPS = ("device", "system", "model", "data", "preprocessing", "training", "augmentation", "optimisation",
+                 "checkpointing", "evaluation", "distillation")
+_INFER = ("device", "model", "data", "preprocessing", "evaluation")
+# tool: (groups it reads, options of those groups it takes from the recipe only, not the command line).
+# The sweep sets r, blocks and thresholds per setting (the recipe's are its defaults); the demo trains a
+# dense and a PPT digits ViT of its recipe into its own folders.
+TOOLS = {
+    "train": (_TRAIN_GROUPS, ()),
+    "eval": (_INFER + ("output",), ()),
+    "analyze": (_INFER, ()),
+    "sweep": (_INFER, ("r_tokens", "pp_loc_list", "eval_threshold")),
+    "export": (_INFER, ("val_split", "num_parallel_workers", "log_interval")),
+    "predict": (_INFER, ("val_split", "num_parallel_workers", "log_interval")),
+    "demo": (_TRAIN_GROUPS, ("distribute", "data_dir", "ckpt_save_dir", "resume_opt", "distillation_type",
+                             "teacher_model", "teacher_checkpoint", "distillation_alpha")
+             + tuple(o.name for o in GROUPS["model"])),
+}
+# options of a tool's own group (--out ...) are added by the tool; export and predict read the class
+# names from data_dir/train_split
+_EXTRA = {"export": ("train_split",), "predict": ("train_split",)}
+
+ALL_OPTIONS = {o.name: o for group in GROUPS.values() for o in group}
+
+
+def tool_options(tool, command_line=True):
+    """Names of the configuration options ``tool`` reads (``command_line``: only those it takes on the
+    command line, else also those it takes from the recipe only), in --help order."""
+    groups, recipe_only = TOOLS[tool]
+    names = [o.name for g in groups for o in GROUPS[g] if not command_line or o.name not in recipe_only]
+    return names + [n for n in _EXTRA.get(tool, ()) if n not in names]
+
+
+def tools_reading(name):
+    """The tools whose parser has option ``name``."""
+    return [tool for tool in TOOLS if name in tool_options(tool)]
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=min(110, shutil.get_terminal_size().columns))
 
 
-def _add(group, name, type_fn, default, help_text, metavar=None):
-    choices = getattr(type_fn, "choices", None)
-    if metavar is None and choices:
-        metavar = "{" + ",".join(choices) + "}"
-    kwargs = dict(type=type_fn, default=default, help=help_text, metavar=metavar)
-    if type_fn is str2bool:
+class _Parser(argparse.ArgumentParser):
+    """Raises ConfigError instead of printing the usage and exiting (the tools print one line)."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _add(group, option):
+    choices = getattr(option.type, "choices", None)
+    kwargs = dict(type=option.type, default=option.default, help=option.help,
+                  metavar="{" + ",".join(choices) + "}" if choices else None)
+    if option.type is str2bool:
         kwargs.update(nargs="?", const=True, metavar="BOOL")
-    group.add_argument(f"--{name}", **kwargs)
+    group.add_argument(f"--{option.name}", **kwargs)
 
 
-def build_parser():
-    """Every training/evaluation option with its type, default and help, in mindcv-like groups."""
-    parser = argparse.ArgumentParser(
-        description="mindppt training / evaluation. Values come from the defaults below, then the YAML "
-                    "file of -c/--config, then --key value on the command line.",
-        formatter_class=_HelpFormatter, allow_abbrev=False)
-    parser.add_argument("-c", "--config", type=str, default=None,
-                        help="YAML recipe (flat mapping of option: value) used as defaults")
-
-    g = parser.add_argument_group("system")
-    _add(g, "device_target", choice("CPU", "GPU", "Ascend", "auto"), "CPU",
-         "backend device; auto = Ascend, else GPU, else CPU (whichever this MindSpore can load)")
-    _add(g, "device_id", int_type(lo=0), 0, "device index (single-device runs)")
-    _add(g, "mode", choice("graph", "pynative", aliases={0: "graph", 1: "pynative"}), "graph",
-         "execution mode (0/1 are accepted as MindSpore's GRAPH_MODE/PYNATIVE_MODE)")
-    _add(g, "jit_level", optional(choice("O0", "O1", "O2")), None,
-         "graph compile level (jit_config jit_level); none = MindSpore's default for the backend")
-    _add(g, "distribute", str2bool, False, "data-parallel training over all launched devices (msrun/mpirun)")
-    _add(g, "seed", int_type(lo=0), 42, "random seed")
-    _add(g, "output_dir", str_type, "outputs/run", "directory for logs, checkpoints and the saved config")
-
-    g = parser.add_argument_group("model")
-    _add(g, "model", str_type, "ppt_deit_small_patch16_224", "registered model name")
-    _add(g, "num_classes", int_type(lo=1), 1000, "number of classes")
-    _add(g, "pretrained", str2bool, False,
-         "load published weights by name (no download exists: convert weights and use checkpoint_path)")
-    _add(g, "checkpoint_path", optional(str_type), None,
-         "MindSpore checkpoint to initialise the model from (e.g. converted DeiT weights)")
-    _add(g, "r_tokens", optional(int_or_list(lo=0)), None,
-         "tokens removed in each block of pp_loc_list: an int, or one int per block (0 = dense); "
-         "none = the model's default (ppt_*: 50)")
-    _add(g, "pp_loc_list", optional(list_of(int_type(lo=0), unique=True)), None,
-         "0-indexed blocks that compress tokens, e.g. 3,6,9; none = the model's default")
-    _add(g, "threshold", optional(float_or_list(lo=0.0)), None,
-         "policy threshold on the score variance used in training (below: pool, else prune): a float, or one "
-         "per compression block (e.g. 3e-3,2e-3,1e-3); none = the model's default (ppt_*: 7e-5)")
-    _add(g, "eval_threshold", optional(float_or_list(lo=0.0)), None,
-         "threshold used for evaluation (a float or one per compression block); none = same as threshold")
-    _add(g, "prop_attn", optional(str2bool), None,
-         "proportional attention (log of token sizes added to the logits); none = the model's default")
-    _add(g, "drop_rate", float_type(0.0, 1.0), 0.0, "dropout rate")
-    _add(g, "drop_path_rate", float_type(0.0, 1.0), 0.1, "stochastic depth rate (linearly increasing per block)")
-    _add(g, "img_size", optional(int_type(lo=1)), None, "model input resolution; none = image_size")
-    _add(g, "ema", str2bool, False, "keep an exponential moving average of the weights")
-    _add(g, "ema_decay", float_type(0.0, 1.0), 0.99996, "EMA decay per step (DeiT: 0.99996)")
-
-    g = parser.add_argument_group("data")
-    _add(g, "data_dir", str_type, "data/imagenet", "dataset root holding the train/val split folders")
-    _add(g, "train_split", str_type, "train", "training split sub-directory")
-    _add(g, "val_split", str_type, "val", "validation split sub-directory")
-    _add(g, "num_parallel_workers", int_type(lo=1), 4, "data-loading workers per device")
-    _add(g, "batch_size", int_type(lo=1), 128, "batch size per device")
-    _add(g, "image_size", int_type(lo=1), 224, "train crop / eval image size")
-    _add(g, "interpolation", choice("bilinear", "bicubic", "nearest"), "bicubic",
-         "resize interpolation")
-    _add(g, "scale", list_of(float_type(lo=0.0, lo_open=True), length=2), [0.08, 1.0],
-         "RandomResizedCrop area scale range (min,max)")
-    _add(g, "ratio", list_of(float_type(lo=0.0, lo_open=True), length=2), [0.75, 1.3333333333333333],
-         "RandomResizedCrop aspect ratio range (min,max)")
-    _add(g, "hflip", float_type(0.0, 1.0), 0.5, "horizontal flip probability")
-    _add(g, "auto_augment", optional(str_type), "rand-m9-mstd0.5-inc1",
-         "timm-style augmentation policy (rand-m9-mstd0.5-inc1 is DeiT's RandAugment); none = off")
-    _add(g, "color_jitter", optional(float_type(lo=0.0)), 0.4,
-         "color jitter strength (like timm, not applied when auto_augment is set); none = off")
-    _add(g, "re_prob", float_type(0.0, 1.0), 0.25, "random erasing probability")
-    _add(g, "mixup", float_type(lo=0.0), 0.8, "mixup alpha (0 = off)")
-    _add(g, "cutmix", float_type(lo=0.0), 1.0, "cutmix alpha (0 = off)")
-    _add(g, "mixup_prob", float_type(0.0, 1.0), 1.0, "probability of applying mixup or cutmix to a batch")
-    _add(g, "mixup_switch_prob", float_type(0.0, 1.0), 0.5,
-         "probability of cutmix instead of mixup when both are on")
-    _add(g, "label_smoothing", float_type(0.0, 1.0), 0.1, "label smoothing")
-    _add(g, "crop_pct", float_type(lo=0.0, hi=1.0, lo_open=True), 0.875,
-         "eval: resize to image_size / crop_pct, then center-crop image_size")
-    _add(g, "repeated_aug", str2bool, False, "repeated augmentation sampler (DeiT; 3 repeats)")
-    _add(g, "mean", list_of(float_type(), length=3), [0.485, 0.456, 0.406],
-         "normalisation mean in [0, 1] units (multiply by 255 for uint8 pipelines)")
-    _add(g, "std", list_of(float_type(lo=0.0, lo_open=True), length=3), [0.229, 0.224, 0.225],
-         "normalisation std in [0, 1] units")
-
-    g = parser.add_argument_group("optimizer")
-    _add(g, "opt", choice("adamw", "sgd", "momentum"), "adamw", "optimizer")
-    _add(g, "lr", optional(float_type(lo=0.0)), None,
-         "absolute peak learning rate; when set, lr_per_512 is ignored")
-    _add(g, "lr_per_512", optional(float_type(lo=0.0)), 5e-4,
-         "peak learning rate per 512 images: lr = lr_per_512 * batch_size * devices / 512 (DeiT rule)")
-    _add(g, "weight_decay", float_type(lo=0.0), 0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
-    _add(g, "filter_bias_and_bn", str2bool, True,
-         "no weight decay for biases, 1-D parameters (norms), pos_embed and cls_token")
-    _add(g, "momentum", float_type(0.0, 1.0), 0.9, "momentum for sgd/momentum")
-    _add(g, "betas", list_of(float_type(0.0, 1.0), length=2), [0.9, 0.999], "AdamW beta1,beta2")
-    _add(g, "eps", float_type(lo=0.0, lo_open=True), 1e-8, "AdamW epsilon")
-
-    g = parser.add_argument_group("schedule")
-    _add(g, "scheduler", choice("cosine", "constant"), "cosine", "learning-rate schedule after warmup")
-    _add(g, "epoch_size", int_type(lo=1), 300, "number of training epochs")
-    _add(g, "warmup_epochs", float_type(lo=0.0), 5.0, "linear warmup length in epochs (per-step, may be fractional)")
-    _add(g, "min_lr", float_type(lo=0.0), 1e-5, "final learning rate of the cosine (absolute, not scaled)")
-    _add(g, "warmup_lr", float_type(lo=0.0), 1e-6, "learning rate at the first warmup step (absolute)")
-
-    g = parser.add_argument_group("train")
-    _add(g, "amp_level", choice("O0", "O1", "O2", "O3"), "O0", "mixed precision level")
-    _add(g, "loss_scale_type", choice("fixed", "dynamic", "none"), "none", "loss scaling")
-    _add(g, "loss_scale", float_type(lo=0.0, lo_open=True), 1024.0,
-         "fixed loss scale, or the initial scale for dynamic")
-    _add(g, "clip_grad", float_type(lo=0.0), 0.0, "clip gradients to this global L2 norm (0 = off)")
-    _add(g, "ckpt_path", optional(str_type), None, "checkpoint to evaluate")
-    _add(g, "resume", optional(str_type), None, "training checkpoint to resume from (weights, optimizer, epoch)")
-    _add(g, "save_every", int_type(lo=1), 1, "save a checkpoint every N epochs")
-    _add(g, "log_interval", int_type(lo=1), 50, "log every N training steps / evaluation batches (when not on a "
-         "terminal, where evaluation shows one live line)")
-    _add(g, "val_interval", int_type(lo=1), 1, "validate every N epochs")
-    _add(g, "keep_checkpoints", int_type(lo=0), 5, "keep the newest N epoch checkpoints (0 = keep all)")
-
-    g = parser.add_argument_group("distillation")
-    _add(g, "distillation_type", choice("none", "hard"), "none",
-         "hard: DeiT's hard distillation, the distillation head of a distilled student learns the teacher's top-1 "
-         "class; none: no teacher (a distilled student then trains both heads on the targets through their mean)")
-    _add(g, "teacher_model", optional(str_type), None,
-         "registered model name of the teacher (DeiT's RegNetY-160 is not provided; e.g. deit_base_patch16_224)")
-    _add(g, "teacher_checkpoint", optional(str_type), None,
-         "the teacher's weights, any format the weight loader reads (converted .ckpt, DeiT/timm .pth/.safetensors/"
-         ".npz, a tools/train.py checkpoint); its head must have num_classes classes")
-    _add(g, "distillation_alpha", float_type(0.0, 1.0), 0.5,
-         "loss = (1 - alpha) * loss(class head, targets) + alpha * CE(distillation head, teacher's top-1) (DeiT: 0.5)")
-
-    g = parser.add_argument_group("eval")
-    _add(g, "metrics_out", optional(str_type), None, "write evaluation metrics to this JSON file")
+def build_parser(tool="train", description=None, add_tool_options=None):
+    """The parser of ``tool`` (a key of :data:`TOOLS`): -c/--config, the tool's own options
+    (``add_tool_options(group)``) and the configuration options it reads, in mindcv-like groups."""
+    if tool not in TOOLS:
+        raise ValueError(f"unknown tool {tool!r}; expected one of {', '.join(TOOLS)}")
+    parser = _Parser(prog=f"tools/{tool}.py", description=description, formatter_class=_HelpFormatter,
+                     allow_abbrev=False)
+    parser.add_argument("-c", "--config", type=str, default=None, help="YAML recipe (option: value) as defaults")
+    if add_tool_options is not None:
+        add_tool_options(parser.add_argument_group(f"{tool}"))
+    wanted = set(tool_options(tool))
+    groups, _ = TOOLS[tool]
+    for name in groups + tuple(g for g in GROUPS if g not in groups):
+        options = [o for o in GROUPS[name] if o.name in wanted]
+        if options:
+            group = parser.add_argument_group(name)
+            for option in options:
+                _add(group, option)
     return parser
 
 
-def _options(parser):
-    """{dest: action} for every option a YAML file may set (everything except -c/--config, -h)."""
+def _config_actions(parser):
+    """{dest: action} of the configuration options of ``parser`` (not -c, -h or the tool's own)."""
     return {a.dest: a for a in parser._actions  # pylint: disable=protected-access
-            if a.option_strings and a.dest not in ("help", "config")}
+            if a.option_strings and a.dest in ALL_OPTIONS}
 
 
-def default_config():
-    """The parser defaults as a dict (no YAML, no command line)."""
-    return {k: a.default for k, a in _options(build_parser()).items()}
+def default_config(tool="train"):
+    """The option defaults of ``tool`` as a dict (no YAML, no command line)."""
+    return {name: ALL_OPTIONS[name].default for name in tool_options(tool, command_line=False)}
 
 
-# ----------------------------------------------------------------------------------------------------
-# YAML
-# ----------------------------------------------------------------------------------------------------
+# ---- YAML --------------------------------------------------------------------------------------------
 class _UniqueKeyLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 
@@ -215,8 +337,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -245,222 +366,177 @@ def load_config(path):
     if data is None:  # empty or comments only
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of option: value, "
-                          f"got a {type(data).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of option: value, got a {type(data).__name__}")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise ConfigError(f"{path}: option names must be strings, got {', '.join(map(repr, bad))}")
     return data
 
 
-def validate_config(cfg, parser=None, source="<config>"):
-    """Check every key against the parser's options and convert every value with the option's type
-    function. Returns a new dict. Raises ConfigError naming ``source``, the key, the value and the
-    expected type."""
-    parser = parser or build_parser()
-    options = _options(parser)
-    unknown = [k for k in cfg if k not in options]
-    if unknown:
-        lines = []
-        for key in unknown:
-            if key == "config":
-                lines.append("'config' cannot be set inside a config file")
-                continue
-            close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)
-            hint = f" (did you mean: {', '.join(close)}?)" if close else " (no similar option; see --help)"
-            lines.append(f"unknown option {key!r}{hint}")
-        raise ConfigError(f"{source}: " + "; ".join(lines))
-    out = {}
-    for key, value in cfg.items():
-        action = options[key]
-        try:
-            out[key] = action.type(value)
-        except argparse.ArgumentTypeError as err:
-            raise ConfigError(f"{source}: invalid value for option '{key}': {err}") from None
+def _convert(key, value, source):
+    type_fn = ALL_OPTIONS[key].type if key in ALL_OPTIONS else _MINDCV_UNUSED[key][0]
+    try:
+        return type_fn(value)
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"{source}: invalid value for option '{key}': {err}") from None
+
+
+def validate_config(cfg, source="<config>"):
+    """Check every key (an option of some tool, or a mindcv key) and convert its value with the option's
+    type function. Returns a new dict. Raises ConfigError naming ``source``, the key, the value and the
+    expected type; an unknown key gets close matches."""
+    known = list(ALL_OPTIONS) + list(_MINDCV_UNUSED)
+    problems = []
+    for key in cfg:
+        if key == "config":
+            problems.append("'config' cannot be set inside a config file")
+        elif key not in ALL_OPTIONS and key not in _MINDCV_UNUSED:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" (did you mean: {', '.join(close)}?)" if close else " (neither mindppt nor mindcv has it)"
+            problems.append(f"unknown option {key!r}{hint}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return {key: _convert(key, value, source) for key, value in cfg.items()}
+
+
+# ---- derived values and cross-option checks ----------------------------------------------------------
+def _check(args, tool):
+    """Cross-option checks of the options ``tool`` reads. Raises ConfigError."""
+    has = vars(args)
+    if tool in ("train", "demo"):
+        if args.lr is None and args.lr_per_512 is None:
+            raise ConfigError("set one of lr (absolute) or lr_per_512 (scaled by the global batch)")
+        if args.warmup_epochs > args.epoch_size:
+            raise ConfigError(f"warmup_epochs ({args.warmup_epochs:g}) exceeds epoch_size ({args.epoch_size})")
+        if args.decay_epochs is not None and args.warmup_epochs + args.decay_epochs > args.epoch_size + 1e-9:
+            raise ConfigError(f"warmup_epochs + decay_epochs ({args.warmup_epochs:g} + {args.decay_epochs:g}) "
+                              f"exceeds epoch_size ({args.epoch_size})")
+        if args.scale[0] > args.scale[1] or args.ratio[0] > args.ratio[1] or args.re_scale[0] > args.re_scale[1] \
+                or args.re_ratio[0] > args.re_ratio[1]:
+            raise ConfigError("scale, ratio, re_scale and re_ratio must be [min, max] with min <= max")
+        if args.ckpt_save_policy == "top_k" and not args.val_while_train:
+            raise ConfigError("ckpt_save_policy top_k ranks checkpoints by validation top-1: set val_while_train "
+                              "true, or use latest_k")
+    if "resume_opt" in has and args.resume_opt and not args.ckpt_path:
+        raise ConfigError("resume_opt=true resumes the training checkpoint of ckpt_path: set ckpt_path")
+    if "in_channels" in has and args.in_channels != 3:
+        raise ConfigError(f"in_channels={args.in_channels}: the models here take RGB images (3 channels)")
+
+
+def _resolve(args, given_yaml):
+    """The 'same as' defaults: the evaluation threshold is the training one unless set."""
+    if "eval_threshold" in vars(args) and args.eval_threshold is None:
+        args.eval_threshold = given_yaml.get("threshold", getattr(args, "threshold", None))
+    return args
+
+
+def unused_options(given, tool):
+    """``[(key, why)]`` for the mindcv keys in ``given`` (a dict of key: value from the recipe and command
+    line) that ``tool`` would read in mindcv but that change nothing here. A value that asks for something
+    mindppt does not do raises ConfigError."""
+    out = []
+    for key, value in given.items():
+        if key not in _MINDCV_UNUSED:
+            continue
+        _, harmless, why = _MINDCV_UNUSED[key]
+        if harmless is not None and value not in harmless:
+            raise ConfigError(f"{key}={value!r} is not supported: {why}")
+        if tool in ("train", "demo") or key in ("dataset_download", "eval_shuffle"):
+            out.append((key, why))
     return out
 
 
-def _check_namespace(args):
-    """Cross-option checks and resolution of the 'same as' defaults. Returns an error message or None."""
-    if args.lr is None and args.lr_per_512 is None:
-        return "set one of lr (absolute) or lr_per_512 (scaled by the global batch)"
-    if args.warmup_epochs > args.epoch_size:
-        return f"warmup_epochs ({args.warmup_epochs}) exceeds epoch_size ({args.epoch_size})"
-    if args.scale[0] > args.scale[1] or args.ratio[0] > args.ratio[1]:
-        return "scale and ratio must be (min,max) with min <= max"
-    if args.eval_threshold is None:
-        args.eval_threshold = args.threshold
-    if args.img_size is None:
-        args.img_size = args.image_size
-    return None
+# ---- parsing -----------------------------------------------------------------------------------------
+def parse_args(argv=None, tool="train", description=None, add_tool_options=None):
+    """Parse ``argv`` (default sys.argv[1:]) for ``tool``: defaults < YAML of -c/--config < command line.
+    Returns an argparse.Namespace of the tool's options (and its own), plus ``config``,
+    ``command_line_options`` (the configuration options given on the command line) and ``unused_options``
+    (see :func:`unused_options`). Raises ConfigError; a flag that another tool reads
+    carries ``hint`` naming it."""
+    parser = build_parser(tool, description, add_tool_options)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre.add_argument("-c", "--config", type=str, default=None)
+    known, _ = pre.parse_known_args(argv)
+    recipe = validate_config(load_config(known.config), source=known.config) if known.config else {}
+    actions = _config_actions(parser)
+    parser.set_defaults(**{k: v for k, v in recipe.items() if k in actions})
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _reject_extras(extras, parser, tool)
+    for name in tool_options(tool, command_line=False):
+        if name not in vars(args):
+            setattr(args, name, recipe.get(name, ALL_OPTIONS[name].default))
+    args.command_line_options = _given_on_command_line(argv, parser)
+    given = dict(recipe)
+    given.update({k: getattr(args, k) for k in args.command_line_options})
+    args.unused_options = unused_options(given, tool)
+    _check(args, tool)
+    return _resolve(args, recipe)
 
 
-# The teacher and its loss (training only).
-DISTILLATION_OPTIONS = ("distillation_type", "teacher_model", "teacher_checkpoint", "distillation_alpha")
-# Options one tool reads and the other does not. A value given for them on the command line of the
-# other tool would do nothing, so it is refused (a YAML recipe is shared by both and may set them).
-TRAIN_ONLY = frozenset((
-    "distribute", "seed", "output_dir", "threshold", "drop_rate", "drop_path_rate", "ema_decay", "train_split",
-    "scale", "ratio", "hflip", "auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mixup_prob",
-    "mixup_switch_prob", "label_smoothing", "repeated_aug", "opt", "lr", "lr_per_512", "weight_decay",
-    "filter_bias_and_bn", "momentum", "betas", "eps", "scheduler", "epoch_size", "warmup_epochs", "min_lr",
-    "warmup_lr", "loss_scale_type", "loss_scale", "clip_grad", "resume", "save_every", "val_interval",
-    "keep_checkpoints") + DISTILLATION_OPTIONS)
-EVAL_ONLY = frozenset(("ckpt_path", "metrics_out"))
-# tools/demo.py trains a dense and a PPT model into its own folders and evaluates their final weights.
-DEMO_FIXED = frozenset(("model", "r_tokens", "output_dir", "ckpt_path", "metrics_out", "resume", "distribute",
-                        "checkpoint_path"))
-# Tools that evaluate a checkpoint and read no training option.
-EVAL_TOOLS = ("eval", "analyze", "sweep", "export", "predict")
-# tools/sweep.py sets these per setting from its own options.
-SWEEP_FIXED = {"r_tokens": "use --r", "threshold": "use --thresholds", "eval_threshold": "use --thresholds"}
-TOOL_HINTS = {
-    ("eval", "threshold"): "use --eval_threshold",
-    ("analyze", "threshold"): "use --eval_threshold",
-    ("export", "threshold"): "use --eval_threshold (the exported graph runs at it)",
-    ("predict", "threshold"): "use --eval_threshold",
-    ("train", "ckpt_path"): "to start from weights use --checkpoint_path, to continue a run --resume",
-    ("train", "metrics_out"): "training writes its metrics to output_dir/train.log",
-}
-
-
-def given_options(argv, parser=None):
-    """Option names (dests) set on the command line ``argv`` (``--key value`` or ``--key=value``)."""
-    parser = parser or build_parser()
+def _given_on_command_line(argv, parser):
     by_flag = {flag: a.dest for a in parser._actions for flag in a.option_strings}  # pylint: disable=protected-access
     given = []
     for token in argv:
         if token == "--":
             break
         dest = by_flag.get(token.split("=", 1)[0]) if token.startswith("-") else None
-        if dest and dest not in ("help", "config") and dest not in given:
+        if dest and dest in ALL_OPTIONS and dest not in given:
             given.append(dest)
     return given
 
 
-def ineffective_options(args, given, tool=None):
-    """``{option: why it would do nothing}`` for each option in ``given`` (set on the command line) that
-    ``tool`` ("train", "eval", "analyze", "sweep", "demo" or None for no tool check) does not read, or that
-    another setting shadows. Call before the 'same as' defaults are resolved (eval_threshold, img_size)."""
-    out = {}
-    for key in given:
-        harmless = (key == "threshold" and args.eval_threshold is None) or (key == "distribute" and not args.distribute)
-        if tool == "sweep" and key in SWEEP_FIXED:
-            out[key] = f"is set by each setting of the sweep; {SWEEP_FIXED[key]}"
-        elif tool in EVAL_TOOLS and key in TRAIN_ONLY and not harmless:
-            hint = TOOL_HINTS.get((tool, key), "remove it")
-            out[key] = f"is a training option that tools/{tool}.py does not use; {hint}"
-        elif tool in ("analyze", "sweep") and key == "metrics_out":
-            out[key] = f"is an option of tools/eval.py; tools/{tool}.py writes its numbers into --out"
-        elif tool in ("export", "predict") and key == "metrics_out":
-            out[key] = f"is an option of tools/eval.py that tools/{tool}.py does not use"
-        elif tool == "demo" and key in DEMO_FIXED:
-            out[key] = "is set by the demo itself (a dense and a PPT digits ViT, trained from scratch into " \
-                       "outputs/demo); run tools/train.py or tools/eval.py to choose it"
-        elif tool == "demo" and key in DISTILLATION_OPTIONS:
-            out[key] = "does not apply to the demo, whose digits ViTs have no distillation token; distil with " \
-                       "tools/train.py and a distilled model"
-        elif tool == "train" and key in EVAL_ONLY:
-            hint = TOOL_HINTS.get((tool, key), "")
-            out[key] = f"is an option of tools/eval.py that training does not use; {hint}"
-    shadows = (
-        ("lr_per_512", args.lr is not None, f"lr is set ({args.lr}), which wins; pass --lr none to scale "
-                                           "lr_per_512"),
-        ("color_jitter", args.color_jitter is not None and args.auto_augment is not None,
-         f"auto_augment is set ({args.auto_augment}) and, as in timm, color jitter is then not applied; "
-         "pass --auto_augment none"),
-        ("loss_scale", args.loss_scale_type == "none", "loss_scale_type is none; pass --loss_scale_type "
-                                                      "fixed or dynamic"),
-        ("ema_decay", not args.ema, "ema is off; pass --ema true"),
-        ("momentum", args.opt == "adamw", "opt is adamw; momentum applies to --opt sgd or momentum"),
-        ("betas", args.opt != "adamw", f"opt is {args.opt}; betas apply to --opt adamw"),
-        ("eps", args.opt != "adamw", f"opt is {args.opt}; eps applies to --opt adamw"),
-        ("mixup_prob", args.mixup <= 0 and args.cutmix <= 0, "mixup and cutmix are both 0"),
-        ("mixup_switch_prob", args.mixup <= 0 or args.cutmix <= 0, "it chooses between mixup and cutmix, "
-                                                                 "which needs both above 0"),
-        ("warmup_lr", args.warmup_epochs <= 0, "warmup_epochs is 0"),
-        ("min_lr", args.scheduler == "constant", "scheduler is constant; min_lr is the end of --scheduler "
-                                                 "cosine"),
-        ("jit_level", args.mode == "pynative", "mode is pynative; jit_level applies to --mode graph"),
-        ("device_id", args.distribute and tool not in EVAL_TOOLS, "distribute is on: each process uses its rank's "
-                                                          "device"),
-        *((key, args.distillation_type == "none", "distillation_type is none; pass --distillation_type hard")
-          for key in DISTILLATION_OPTIONS[1:]),
-        ("checkpoint_path", tool in EVAL_TOOLS and args.ckpt_path is not None,
-         f"tools/{tool}.py loads ckpt_path ({args.ckpt_path}); pass the weights with --ckpt_path"),
-    )
-    dense = args.r_tokens is not None and not any(
-        args.r_tokens if isinstance(args.r_tokens, list) else [args.r_tokens])
-    for key in ("threshold", "eval_threshold", "pp_loc_list", "prop_attn"):
-        if dense:
-            shadows += ((key, True, "r_tokens is 0, so no block compresses tokens"),)
-    for key, shadowed, why in shadows:
-        if shadowed and key in given and key not in out:
-            out[key] = f"has no effect: {why}"
-    return out
-
-
-def parse_args(argv=None, tool=None):
-    """Parse ``argv`` (default sys.argv[1:]): defaults < YAML of -c/--config < command line.
-    With ``tool`` ("train", "eval", "analyze", "sweep" or "demo"), a command-line option that tool would not
-    use, or that another setting shadows, is an error. User errors exit with status 2 and a message. Returns
-    an argparse.Namespace."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)
-    pre.add_argument("-c", "--config", type=str, default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        try:
-            defaults = validate_config(load_config(known.config), parser, source=known.config)
-        except ConfigError as err:
-            parser.error(str(err))
-        parser.set_defaults(**defaults)
-    args, extras = parser.parse_known_args(argv)
-    if extras:
+def _reject_extras(extras, parser, tool):
+    flags = [t for t in extras if t.startswith("--")]
+    if not flags:
+        raise ConfigError(f"unrecognized arguments: {' '.join(extras)}")
+    name = flags[0][2:].split("=", 1)[0]
+    error = ConfigError(f"unrecognized arguments: {' '.join(extras)}")
+    if name in _MINDCV_UNUSED:
+        error.hint = f"--{name} is a mindcv option with no effect here ({_MINDCV_UNUSED[name][2]}); " \
+                     "a recipe may carry it"
+    elif name in tool_options(tool, command_line=False):
+        error.hint = f"tools/{tool}.py sets {name} itself (from its recipe); it cannot be given on its command line"
+    elif name in ALL_OPTIONS:
+        others = [f"tools/{t}.py" for t in tools_reading(name)]
+        error.hint = f"--{name} is read by {', '.join(others)}, not tools/{tool}.py"
+    else:
         valid = [s for a in parser._actions for s in a.option_strings]  # pylint: disable=protected-access
-        parts = []
-        for tok in extras:
-            if tok.startswith("-") and not _looks_numeric(tok):
-                name = tok.split("=", 1)[0]
-                close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
-                parts.append(f"{tok} (did you mean: {', '.join(close)}?)" if close else tok)
-            else:
-                parts.append(tok)
-        parser.error("unrecognized arguments: " + " ".join(parts))
-    ineffective = ineffective_options(args, given_options(argv, parser), tool)
-    if ineffective:
-        parser.error("; ".join(f"--{key} {why}" for key, why in ineffective.items()))
-    msg = _check_namespace(args)
-    if msg:
-        parser.error(msg)
-    return args
+        close = difflib.get_close_matches(f"--{name}", valid, n=3, cutoff=0.6)
+        if close:
+            error.hint = f"did you mean: {', '.join(close)}?"
+    raise error
 
 
-def _looks_numeric(tok):
-    try:
-        float(tok)
-        return True
-    except ValueError:
-        return False
+def options_table():
+    """The configuration reference as one markdown table (README "Configuration"): every option with its
+    mindcv name, meaning and default, the tools that read it, then mindcv's keys that change nothing here."""
+    rows = ["| option | mindcv name | meaning (default) | read by |", "|---|---|---|---|"]
+    for group, options in GROUPS.items():
+        for o in options:
+            readers = [t for t in TOOLS if o.name in tool_options(t, command_line=False)]
+            readers = "all" if len(readers) == len(TOOLS) else ", ".join(readers)
+            default = "none" if o.default is None else _plain(o.default)
+            rows.append(f"| `{o.name}` | {'`' + o.name + '`' if o.mindcv else '(mindppt)'} | {o.help} "
+                        f"(`{default}`) | {readers} |")
+    for key, (_, harmless, why) in _MINDCV_UNUSED.items():
+        values = "any value" if harmless is None else "only " + ", ".join(f"`{_plain(v)}`" for v in harmless)
+        rows.append(f"| - | `{key}` | accepted ({values}) and reported as unused: {why} | - |")
+    return "\n".join(rows) + "\n"
 
 
 def save_config(args, path):
-    """Write the merged configuration as YAML (atomically) so ``-c path`` reproduces the run."""
+    """Write the configuration as YAML (atomically) so ``-c path`` reproduces the run."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    order = list(_options(build_parser()))
-    # Only known options, so the file loads back with -c (attributes added at run time are dropped).
-    data = {k: _plain(values[k]) for k in order if k in values}
+    data = {k: _plain(values[k]) for k in ALL_OPTIONS if k in values}
     header = "# merged mindppt config"
     if values.get("config"):
         header += f" (recipe: {values['config']})"
-    text = header + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    return atomic_write(path, text)
+    return atomic_write(path, header + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 def _plain(value):
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value

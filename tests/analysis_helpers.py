@@ -5,7 +5,7 @@ import os
 import mindspore as ms
 from tool_helpers import make_tiny_imagefolder, write_config
 
-from mindppt.config import parse_args
+from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.models import create_model
 
 MODEL = "vit_digits_patch4_16"

@@ -149,7 +149,7 @@ def test_repeat_aug_sampler():
 
 def test_repeated_aug_dataset_changes_between_iterators(tmp_path):
     root = _make_folder(str(tmp_path), per_class={"a": 6, "b": 6})
-    d = create_dataset(root, "train", shuffle=True, num_shards=2, shard_id=0, repeated_aug=True, seed=3)
+    d = create_dataset(root, "train", shuffle=True, num_shards=2, shard_id=0, aug_repeats=3, seed=3)
     first = [int(x[0, 0, 0]) for x in _iterate(d, "image")["image"]]
     second = [int(x[0, 0, 0]) for x in _iterate(d, "image")["image"]]
     assert len(first) == len(second) == 6

@@ -26,7 +26,7 @@ from tool_helpers import (
     write_config,
 )
 
-from mindppt.config import parse_args
+from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.engine.checkpointing import load_train_state, restore_train_state, save_train_state
 from mindppt.engine.distillation import (
     TEACHER_PREFIX,
@@ -223,7 +223,7 @@ def test_teacher_is_frozen_and_left_out_of_the_checkpoint_and_resume_continues_t
 
 # ------------------------------------------------------------------------------------ building the teacher
 def _args(*argv):
-    return parse_args(["--distillation_type", "hard", "--num_classes", "3", "--image_size", "32", *argv])
+    return parse_args(["--distillation_type", "hard", "--num_classes", "3", "--image_resize", "32", *argv])
 
 
 def test_build_teacher_loads_the_checkpoint_into_a_frozen_renamed_teacher(tmp_path):
@@ -301,7 +301,7 @@ def runs(tmp_path_factory):
     train = start_tool(TRAIN, "-c", config, out=out)
     results = {name: _finish(proc, out=None) for name, proc in errors.items()}
     results["train"] = _finish(train, out)
-    results["resume"] = _finish(start_tool(TRAIN, "-c", config, "--resume", os.path.join(out, "last.ckpt"), out=out),
+    results["resume"] = _finish(start_tool(TRAIN, "-c", config, "--ckpt_path", os.path.join(out, "last.ckpt"), "--resume_opt", "true", out=out),
                                 out)
     return results, teacher, teacher_path, out
 

@@ -72,7 +72,7 @@ def test_two_cpu_workers_end_with_identical_weights(tiny_data, tmp_path):
     out, dump, logs = (str(tmp_path / name) for name in ("run", "params", "msrun_logs"))
     cmd = [MSRUN, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", "--join=True",
            f"--log_dir={logs}", "--cluster_time_out=240",
-           str(wrapper), TRAIN, "-c", config, "--distribute", "True", "--output_dir", out]
+           str(wrapper), TRAIN, "-c", config, "--distribute", "True", "--ckpt_save_dir", out]
     result = run_command(cmd, env={"DUMP_DIR": dump}, timeout=420)
     worker_logs = {name: open(os.path.join(logs, name), encoding="utf-8", errors="replace").read()
                    for name in sorted(os.listdir(logs))} if os.path.isdir(logs) else {}

@@ -42,7 +42,7 @@ def test_mindir_matches_cell_on_mixed_batch(setup, tmp_path):
     assert info["ppt"]["compression_blocks"] == [1, 2] and info["ppt"]["r_tokens"] == [4, 4]
     assert np.allclose(info["ppt"]["thresholds"], setup["threshold"], rtol=1e-6)
     assert info["class_names"] == ["a_top", "b_left", "c_diag"] and info["fused_cpu_kernels"] is False
-    assert info["preprocess"]["mean"] == [0.5, 0.5, 0.5] and info["preprocess"]["image_size"] == SIZE
+    assert info["preprocess"]["mean"] == [127.5, 127.5, 127.5] and info["preprocess"]["image_size"] == SIZE
 
 
 def test_unsupported_format_names_the_op(setup, tmp_path):
@@ -55,7 +55,7 @@ def test_unsupported_format_names_the_op(setup, tmp_path):
 
 def test_benchmark_times_the_exported_graph_beside_the_cell(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_tool(BENCHMARK, "--models", "vit_digits_patch4_16", "ppt_vit_digits_patch4_16", "--image_size", 16,
+    result = run_tool(BENCHMARK, "--models", "vit_digits_patch4_16", "ppt_vit_digits_patch4_16", "--image_resize", 16,
                       "--num_classes", 3, "--batch_size", 1, "--exported", "--rounds", 1, "--iters", 1, "--warmup", 0,
                       "--json", out)
     assert result.returncode == 0, result

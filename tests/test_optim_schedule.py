@@ -73,9 +73,19 @@ def test_param_groups_split():
 
 def test_param_groups_without_filter_decay_everything():
     net = TinyViTish()
-    groups = param_groups(net.trainable_params(), 0.05, filter_bias_and_bn=False)
+    groups = param_groups(net.trainable_params(), 0.05, weight_decay_filter="disable")
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.05
     assert len(groups[0]["params"]) == len(net.trainable_params())
+
+
+def test_auto_filter_exempts_only_the_norms():
+    """mindcv's ``auto``: MindSpore's own default filter, the norm layers' weights and biases."""
+    net = TinyViTish()
+    groups = param_groups(net.trainable_params(), 0.05, weight_decay_filter="auto")
+    assert {p.name for p in groups[1]["params"]} == {"norm.gamma", "norm.beta"}
+    assert {p.name for p in groups[0]["params"]} == DECAYED | {"cls_token", "pos_embed", "fc.bias", "head.bias"}
+    with pytest.raises(ValueError, match="norm_and_bias"):
+        param_groups(net.trainable_params(), 0.05, weight_decay_filter="bias")
 
 
 def test_timm_style_names_are_filtered():
@@ -91,7 +101,7 @@ def test_timm_style_names_are_filtered():
 # ---------------------------------------------------------------------------- schedule
 def test_warmup_then_cosine_values():
     base, min_lr, warm = 1e-3, 1e-5, 1e-6
-    lr = create_lr_schedule(base_lr=base, min_lr=min_lr, warmup_lr=warm, warmup_epochs=2, epochs=10,
+    lr = create_lr_schedule(base_lr=base, min_lr=min_lr, warmup_factor=warm / base, warmup_epochs=2, epochs=10,
                             steps_per_epoch=5)
     assert lr.dtype == np.float32 and lr.shape == (50,)
     assert lr[0] == pytest.approx(warm)
@@ -104,22 +114,37 @@ def test_warmup_then_cosine_values():
 
 
 def test_no_warmup_and_constant():
-    lr = create_lr_schedule(base_lr=0.1, min_lr=0.0, warmup_lr=0.0, warmup_epochs=0, epochs=2,
+    lr = create_lr_schedule(base_lr=0.1, min_lr=0.0, warmup_factor=0.0, warmup_epochs=0, epochs=2,
                             steps_per_epoch=3)
     assert lr[0] == pytest.approx(0.1) and lr[3] == pytest.approx(0.05)
-    lr = create_lr_schedule(base_lr=0.1, min_lr=0.0, warmup_lr=0.0, warmup_epochs=1, epochs=3,
+    lr = create_lr_schedule(base_lr=0.1, min_lr=0.0, warmup_factor=0.0, warmup_epochs=1, epochs=3,
                             steps_per_epoch=2, scheduler="constant")
     np.testing.assert_allclose(lr, [0.0, 0.05, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
 
 
+def test_decay_epochs_then_min_lr_and_epoch_stairs():
+    """mindcv's cosine_decay over decay_epochs (then min_lr), and lr_epoch_stair (one value per epoch)."""
+    lr = create_lr_schedule(base_lr=1.0, min_lr=0.1, warmup_factor=0.5, warmup_epochs=1, epochs=6,
+                            steps_per_epoch=2, decay_epochs=3)
+    assert lr[0] == pytest.approx(0.5) and lr[1] == pytest.approx(0.75) and lr[2] == pytest.approx(1.0)
+    assert lr[5] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 6)), rel=1e-6)
+    np.testing.assert_allclose(lr[8:], 0.1, rtol=1e-6)  # decay over after 1 + 3 epochs
+    stairs = create_lr_schedule(base_lr=1.0, min_lr=0.1, warmup_factor=0.5, warmup_epochs=1, epochs=6,
+                                steps_per_epoch=2, decay_epochs=3, lr_epoch_stair=True)
+    np.testing.assert_allclose(stairs, np.repeat(lr[::2], 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="decay_epochs"):
+        create_lr_schedule(base_lr=1.0, min_lr=0.1, warmup_factor=0.0, warmup_epochs=2, epochs=6, steps_per_epoch=2,
+                           decay_epochs=5)
+
+
 def test_fractional_warmup_and_errors():
-    lr = create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_lr=0.0, warmup_epochs=0.5, epochs=1,
+    lr = create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_factor=0.0, warmup_epochs=0.5, epochs=1,
                             steps_per_epoch=4)
     assert lr[0] == 0.0 and lr[1] == pytest.approx(0.5) and lr[2] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="warmup_epochs"):
-        create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_lr=0.0, warmup_epochs=3, epochs=2, steps_per_epoch=1)
+        create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_factor=0.0, warmup_epochs=3, epochs=2, steps_per_epoch=1)
     with pytest.raises(ValueError, match="scheduler"):
-        create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_lr=0.0, warmup_epochs=0, epochs=2, steps_per_epoch=1,
+        create_lr_schedule(base_lr=1.0, min_lr=0.0, warmup_factor=0.0, warmup_epochs=0, epochs=2, steps_per_epoch=1,
                            scheduler="step")
 
 

@@ -333,7 +333,7 @@ def test_parity_at_384_with_resized_pos_embed(at_384, case):
 def test_eval_tool_logs_the_resize_once(tiny_config, tmp_path):
     """The loader's line reaches a tool's log: weights saved at 16 px (4x4 patches) evaluated at 32 px."""
     ms.save_checkpoint(create_model("vit_digits_patch4_16", num_classes=3), str(tmp_path / "w16.ckpt"))
-    result = run_tool(EVAL, "-c", tiny_config, "--ckpt_path", tmp_path / "w16.ckpt", "--image_size", "32",
+    result = run_tool(EVAL, "-c", tiny_config, "--ckpt_path", tmp_path / "w16.ckpt", "--image_resize", "32",
                       timeout=600)
     assert result.returncode == 0, result
     lines = [line for line in result.stdout.splitlines() if "pos_embed resized" in line]

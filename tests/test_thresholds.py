@@ -65,7 +65,7 @@ def test_config_threshold_options_take_a_number_or_one_per_block(tmp_path):
     with pytest.raises(ConfigError, match="threshold"):
         validate_config({"threshold": "fast"})
     args = parse_args(["--model", "vit_digits_patch4_16", "--num_classes", "3", "--r_tokens", "3", "--pp_loc_list",
-                       "1,2,3", "--image_size", "16", "--eval_threshold", "1e-3,2e-3,3e-3"])
+                       "1,2,3", "--image_resize", "16", "--eval_threshold", "1e-3,2e-3,3e-3"])
     assert model_kwargs(args, for_eval=True)["threshold"] == pytest.approx([1e-3, 2e-3, 3e-3])
     assert build_model(args, for_eval=True, with_weights=False).thresholds == pytest.approx([1e-3, 2e-3, 3e-3])
     args.eval_threshold = [1e-3, 2e-3]

@@ -17,7 +17,7 @@ from tool_helpers import EVAL, ckpt_arrays, run_tool
 
 
 def parse(argv):
-    from mindppt.config import parse_args
+    from mindppt.engine.cli import parse_cli as parse_args
     return parse_args(argv)
 
 
@@ -27,7 +27,7 @@ def straight_run(tiny_config, tmp_path_factory):
     from mindppt.engine.trainer import train
 
     out = str(tmp_path_factory.mktemp("straight"))
-    summary = train(parse(["-c", tiny_config, "--output_dir", out]))
+    summary = train(parse(["-c", tiny_config, "--ckpt_save_dir", out]))
     return out, summary
 
 
@@ -47,7 +47,7 @@ def test_two_epochs_loss_falls_and_outputs_written(straight_run):
     assert "epoch 1/2 step 2/4 loss" in log and " lr " in log and "img/s" in log and " eta " in log
     assert "epoch 2/2: train loss" in log and "val top1" in log
     saved = yaml.safe_load(open(os.path.join(out, "config.yaml"), encoding="utf-8"))
-    assert saved["batch_size"] == 8 and saved["output_dir"] == out
+    assert saved["batch_size"] == 8 and saved["ckpt_save_dir"] == out
     # the checkpoint is a full training state
     state = ms.load_checkpoint(os.path.join(out, "last.ckpt"))
     assert int(state["meta_epoch"].asnumpy()) == 2 and int(state["meta_global_step"].asnumpy()) == 8
@@ -95,8 +95,8 @@ def test_ema_weights_are_validated_checkpointed_and_evaluated(tiny_config, tmp_p
     from mindppt.engine.trainer import train
 
     out = str(tmp_path / "ema")
-    summary = train(parse(["-c", tiny_config, "--output_dir", out, "--epoch_size", "1", "--warmup_epochs", "0",
-                           "--ema", "true", "--ema_decay", "0.5", "--clip_grad", "1.0",
+    summary = train(parse(["-c", tiny_config, "--ckpt_save_dir", out, "--epoch_size", "1", "--warmup_epochs", "0",
+                           "--ema", "true", "--ema_decay", "0.5", "--clip_grad", "true", "--clip_value", "1.0",
                            "--loss_scale_type", "dynamic", "--loss_scale", "256"]))
     record = summary["history"][0]
     assert 0.0 <= record["ema_top1"] <= 100.0 and record["ema_loss"] > 0

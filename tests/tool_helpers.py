@@ -26,12 +26,13 @@ BASE_CONFIG = {
     "model": "vit_digits_patch4_16", "num_classes": 3, "r_tokens": 4, "pp_loc_list": [1, 2],
     "threshold": 0.0, "eval_threshold": 1.0,
     "drop_path_rate": 0.0, "train_split": "train", "val_split": "val", "num_parallel_workers": 1,
-    "batch_size": 8, "image_size": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
+    "batch_size": 8, "image_resize": 16, "interpolation": "bilinear", "scale": [1.0, 1.0], "ratio": [1.0, 1.0],
     "hflip": 0.0, "auto_augment": None, "color_jitter": None, "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0,
-    "label_smoothing": 0.1, "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-    "opt": "adamw", "lr": 2.0e-3, "weight_decay": 0.05, "scheduler": "cosine", "epoch_size": 2,
-    "warmup_epochs": 0.5, "warmup_lr": 1.0e-4, "min_lr": 1.0e-5, "amp_level": "O0", "loss_scale_type": "none",
-    "log_interval": 1, "val_interval": 1, "save_every": 1, "keep_checkpoints": 0,
+    "label_smoothing": 0.1, "crop_pct": 1.0, "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5],
+    "opt": "adamw", "lr": 2.0e-3, "weight_decay": 0.05, "scheduler": "cosine_decay", "epoch_size": 2,
+    "warmup_epochs": 0.5, "warmup_factor": 0.05, "min_lr": 1.0e-5, "amp_level": "O0", "val_amp_level": "O0",
+    "loss_scale_type": "none", "log_interval": 1, "val_interval": 1, "ckpt_save_interval": 1,
+    "keep_checkpoint_max": 0,
 }
 
 
@@ -62,7 +63,7 @@ def make_tiny_imagefolder(root, train_per_class=12, val_per_class=4, size=16, se
 
 # ------------------------------------------------------------------------------------------ tool runner
 class ToolResult:
-    """Outcome of one tool invocation; ``out`` is its ``--output_dir`` (if it had one)."""
+    """Outcome of one tool invocation; ``out`` is its ``--ckpt_save_dir`` (if it had one)."""
 
     def __init__(self, argv, returncode, stdout, stderr, out=None):
         self.argv, self.returncode, self.stdout, self.stderr, self.out = argv, returncode, stdout, stderr, out
@@ -97,10 +98,10 @@ def tool_env(extra=None):
 
 
 def tool_command(script, *argv, out=None, wrapper=None):
-    """``python [wrapper] script argv... [--output_dir out]``."""
+    """``python [wrapper] script argv... [--ckpt_save_dir out]``."""
     cmd = [sys.executable] + ([str(wrapper)] if wrapper else []) + [str(script)] + [str(a) for a in argv]
     if out is not None:
-        cmd += ["--output_dir", str(out)]
+        cmd += ["--ckpt_save_dir", str(out)]
     return cmd
 
 
@@ -111,7 +112,7 @@ def run_command(cmd, *, env=None, out=None, timeout=TOOL_TIMEOUT):
 
 
 def run_tool(script, *argv, out=None, wrapper=None, env=None, timeout=TOOL_TIMEOUT):
-    """Run a tool (``TRAIN``, ``EVAL``, ...) in a subprocess to completion. ``out`` adds ``--output_dir``;
+    """Run a tool (``TRAIN``, ``EVAL``, ...) in a subprocess to completion. ``out`` adds ``--ckpt_save_dir``;
     ``wrapper`` is a script that runs first and is handed the tool's path and arguments."""
     return run_command(tool_command(script, *argv, out=out, wrapper=wrapper), env=env, out=out, timeout=timeout)
 

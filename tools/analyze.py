@@ -11,7 +11,6 @@ that pool that share of the images, prints them with a YAML line to paste into a
 same files as calibrated.* plus calibrated_threshold.yaml. Every other --key value is a config option
 (as for tools/eval.py).
 """
-import argparse
 import os
 import sys
 
@@ -24,15 +23,12 @@ from mindppt.logger import get_logger  # noqa: E402
 from mindppt.option_types import float_type, int_type  # noqa: E402
 
 
-def tool_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False, epilog="config options: python tools/eval.py --help")
+def tool_options(p):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--split", default=None, help="split folder under data_dir (default: the config's val_split)")
     p.add_argument("--max_images", type=int_type(lo=1), default=None, help="analyse only the first N images")
     p.add_argument("--target_pool_ratio", type=float_type(0.0, 1.0), nargs="+", default=None, metavar="P",
                    help="share of images to pool: one for every compression block, or one per block")
-    return p
 
 
 def print_blocks(title, stats):
@@ -46,7 +42,7 @@ def print_blocks(title, stats):
 
 
 def main(argv=None):
-    args, opts = parse_cli(argv, tool="analyze", tool_parser=tool_parser())
+    args = opts = parse_cli(argv, tool="analyze", description=__doc__, add_tool_options=tool_options)
     if opts.split is not None:
         args.val_split = opts.split
     logger = get_logger(None, 0)

@@ -51,19 +51,19 @@ def policy_counts(model, loader, block_names):
 def main(argv=None):
     start = time.perf_counter()
     extra = list(sys.argv[1:] if argv is None else argv)
-    ppt_args = parse_cli(["-c", CONFIG] + extra, tool="demo")
+    ppt_args = parse_cli(["-c", CONFIG] + extra, tool="demo", description=__doc__)
     ppt_args.data_dir = os.path.join(ROOT, ppt_args.data_dir)  # the recipe's paths are relative to the repository
-    ppt_args.output_dir = os.path.join(OUT, "ppt")
+    ppt_args.ckpt_save_dir = os.path.join(OUT, "ppt")
     dense_args = argparse.Namespace(**vars(ppt_args))
-    dense_args.output_dir, dense_args.model, dense_args.r_tokens = os.path.join(OUT, "dense"), DENSE_MODEL, 0
+    dense_args.ckpt_save_dir, dense_args.model, dense_args.r_tokens = os.path.join(OUT, "dense"), DENSE_MODEL, 0
 
     counts = write_digits_imagefolder(ppt_args.data_dir)
     print(f"digits ImageFolder in {ppt_args.data_dir}: {counts['train']} train / {counts['val']} val images")
 
     runs = {}
     for name, args in (("dense", dense_args), ("ppt", ppt_args)):
-        if os.path.isdir(args.output_dir):
-            shutil.rmtree(args.output_dir)  # a fresh run (the demo owns these folders)
+        if os.path.isdir(args.ckpt_save_dir):
+            shutil.rmtree(args.ckpt_save_dir)  # a fresh run (the demo owns these folders)
         print(f"\n=== training {name}: {args.model} ({args.epoch_size} epochs) ===", flush=True)
         t0 = time.perf_counter()
         summary = train(args)
@@ -83,7 +83,7 @@ def main(argv=None):
         results[name], models[name] = metrics, model
 
     batch = runs["ppt"]["args"].batch_size
-    speeds = paired_throughput(models, batch_size=batch, image_size=runs["ppt"]["args"].image_size)
+    speeds = paired_throughput(models, batch_size=batch, image_size=runs["ppt"]["args"].image_resize)
     for name in results:
         results[name]["eval_loop_img_per_s"] = results[name]["img_per_s"]
         results[name]["img_per_s"] = speeds[name]

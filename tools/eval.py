@@ -3,7 +3,7 @@
 Prints top-1, top-5, loss, GMACs (analytic, from the model's token schedule), parameters and img/s;
 ``--metrics_out`` writes {"top1","top5","loss","gmacs","params_m","img_per_s","num_samples"} (top-1/5 in
 percent). ``--ckpt_path`` takes a checkpoint of tools/train.py (its EMA weights when ``--ema true``) or
-converted weights (then ``checkpoint_path`` in the config works too). Runs on one device.
+converted weights. Runs on one device (as mindcv's validate.py).
 """
 import json
 import os
@@ -18,10 +18,8 @@ from mindppt.logger import get_logger  # noqa: E402
 
 
 def main(argv=None):
-    args = parse_cli(argv, tool="eval")
+    args = parse_cli(argv, tool="eval", description=__doc__)
     logger = get_logger(None, 0)
-    if args.distribute:
-        logger.info("the recipe's distribute=true is for training: tools/eval.py runs on one device")
     metrics, _ = run_eval(args, logger)
     print(format_metrics_table([(args.model, metrics)]))
     if args.metrics_out:

@@ -1,6 +1,6 @@
 r"""Export a model as a deployable static-shape graph with its side file.
 
-  python tools/export.py --model NAME [-c CONFIG] [--ckpt_path CKPT] --batch_size B [--img_size S] \
+  python tools/export.py --model NAME [-c CONFIG] [--ckpt_path CKPT] --batch_size B [--image_resize S] \
       [--file_format MINDIR] [--class_index FILE] --out PREFIX
 
 Writes PREFIX.mindir (or .air / .onnx) and PREFIX.json: model, input shape (B, 3, S, S) float32, the
@@ -10,9 +10,7 @@ data_dir/train_split, else ImageNet's for 1000 classes). The graph holds every i
 batch may mix pooled and pruned images. It uses MindSpore's portable ops, not the fused CPU GELU kernel
 (a local .so). Load it with mindspore.load + nn.GraphCell, or tools/predict.py --mindir PREFIX.
 A format this MindSpore cannot export (AIR needs Ascend; ONNX lacks ops PPT uses) is an error naming the op.
-Every other --key value is a config option (as for tools/eval.py).
 """
-import argparse
 import os
 import sys
 
@@ -23,18 +21,15 @@ from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 from mindppt.engine.export import EXPORT_FORMATS, export_model  # noqa: E402
 
 
-def tool_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False, epilog="config options: python tools/eval.py --help")
+def tool_options(p):
     p.add_argument("--out", required=True, metavar="PREFIX", help="output path without suffix")
     p.add_argument("--file_format", default="MINDIR", type=str.upper, choices=list(EXPORT_FORMATS))
     p.add_argument("--class_index", default=None, metavar="FILE",
                    help="class names: one per line, or JSON (list or index -> name)")
-    return p
 
 
 def main(argv=None):
-    args, opts = parse_cli(argv, tool="export", tool_parser=tool_parser())
+    args = opts = parse_cli(argv, tool="export", description=__doc__, add_tool_options=tool_options)
     info = export_model(args, opts.out, opts.file_format, args.batch_size, opts.class_index)
     ppt = info["ppt"]
     thresholds = ppt["thresholds"][0] if len(set(ppt["thresholds"])) == 1 else ppt["thresholds"]

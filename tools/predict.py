@@ -5,33 +5,30 @@ r"""Top-5 classes of image files, from a checkpoint or an exported graph.
   python tools/predict.py --mindir PREFIX --images PATH [PATH ...] [--json [FILE]]
 
 PATH: image files or folders (searched recursively). Preprocessing is the evaluation transform of the config
-(resize to image_size / crop_pct, centre crop, normalise), or the one recorded in PREFIX.json by
-tools/export.py. Class names: --class_index (one name per line, or JSON), else the class folders of the
+(resize to image_resize / crop_pct, centre crop, normalise; by default the model's own), or the one
+recorded in PREFIX.json by tools/export.py. Class names: --class_index (one name per line, or JSON), else
+the class folders of the
 config's data_dir/train_split, else ImageNet's for 1000 classes, else the label numbers (an exported graph
 carries its own). --json prints the predictions as JSON (or writes them to FILE). --show_tokens draws what PPT
 pruned and pooled in every compression block (checkpoint only). Unreadable images are reported and skipped.
 With --mindir the side file fixes model, weights and preprocessing: only the device options apply.
 """
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
-from mindppt.config import given_options  # noqa: E402
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 from mindppt.engine.predict import Predictor, predict_files  # noqa: E402
-from mindppt.errors import CliError  # noqa: E402
+from mindppt.errors import ConfigError  # noqa: E402
 from mindppt.io import atomic_write  # noqa: E402
 from mindppt.option_types import int_type  # noqa: E402
 
 RUNTIME_OPTIONS = ("device_target", "device_id", "mode", "jit_level")  # what an exported graph still reads
 
 
-def tool_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False, epilog="config options: python tools/eval.py --help")
+def tool_options(p):
     p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
     p.add_argument("--mindir", default=None, metavar="PREFIX", help="exported graph of tools/export.py")
     p.add_argument("--class_index", default=None, metavar="FILE", help="class names (one per line, or JSON)")
@@ -39,16 +36,15 @@ def tool_parser():
                    help="print the predictions as JSON (or write them to FILE)")
     p.add_argument("--show_tokens", default=None, metavar="OUT.png", help="draw PPT's token maps")
     p.add_argument("--top_k", type=int_type(lo=1), default=5, help="classes per image")
-    return p
 
 
 def main(argv=None):
-    args, opts = parse_cli(argv, tool="predict", tool_parser=tool_parser())
+    args = opts = parse_cli(argv, tool="predict", description=__doc__, add_tool_options=tool_options)
     if opts.mindir:
-        given = given_options(list(sys.argv[1:] if argv is None else argv))
-        unused = [f"--{k}" for k in given if k not in RUNTIME_OPTIONS] + (["--show_tokens"] if opts.show_tokens else [])
+        unused = [f"--{k}" for k in args.command_line_options if k not in RUNTIME_OPTIONS]
+        unused += ["--show_tokens"] if opts.show_tokens else []
         if unused:
-            raise CliError(f"--mindir runs the exported graph as {opts.mindir}.json describes; {', '.join(unused)} "
+            raise ConfigError(f"--mindir runs the exported graph as {opts.mindir}.json describes; {', '.join(unused)} "
                            f"would do nothing (export again to change the model, or predict with --ckpt_path)")
         predictor = Predictor.from_export(opts.mindir, opts.class_index)
     else:

@@ -14,7 +14,6 @@ finished rows; the same command again runs only the settings not yet in sweep.cs
 --r and --thresholds values may be one number or a comma list (one per block / per compression block).
 Every other --key value is a config option (as for tools/eval.py).
 """
-import argparse
 import os
 import signal
 import sys
@@ -28,9 +27,7 @@ from mindppt.logger import get_logger  # noqa: E402
 from mindppt.option_types import choice, float_or_list, int_or_list, int_type, list_of  # noqa: E402
 
 
-def tool_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False, epilog="config options: python tools/eval.py --help")
+def tool_options(p):
     p.add_argument("--out", required=True, help="output directory (a sweep.csv there is resumed)")
     p.add_argument("--r", type=int_or_list(lo=0), nargs="+", required=True, metavar="R",
                    help="tokens removed per compression block: an int, or a comma list with one per block")
@@ -38,11 +35,10 @@ def tool_parser():
                    help="thresholds of the adaptive policy (a float, or a comma list with one per compression "
                         "block); default: the config's eval_threshold")
     p.add_argument("--pp_loc_list", type=list_of(int_type(lo=0), unique=True, min_length=1), nargs="+",
-                   default=None, metavar="BLOCKS", help="compression-block lists, each comma separated (1,2,3); "
-                   "default: the config's pp_loc_list")
+                   default=None, metavar="BLOCKS", dest="pp_loc_lists",
+                   help="compression-block lists, each comma separated (1,2,3); default: the config's pp_loc_list")
     p.add_argument("--policy", type=choice(*POLICIES), nargs="+", default=list(POLICIES),
                    help="policies to sweep: adaptive (PPT), prune (threshold 0), pool (threshold infinity)")
-    return p
 
 
 def interrupt(signum, _frame):
@@ -50,13 +46,13 @@ def interrupt(signum, _frame):
 
 
 def main(argv=None):
-    args, opts = parse_cli(argv, tool="sweep", tool_parser=tool_parser())
+    args = opts = parse_cli(argv, tool="sweep", description=__doc__, add_tool_options=tool_options)
     thresholds = opts.thresholds
     if thresholds is None and args.eval_threshold is not None:
         thresholds = [args.eval_threshold]
     if thresholds is None and "adaptive" in opts.policy:
         raise ConfigError("the adaptive policy needs --thresholds (or eval_threshold in the config)")
-    pp_loc_lists = opts.pp_loc_list or ([args.pp_loc_list] if args.pp_loc_list is not None else None)
+    pp_loc_lists = opts.pp_loc_lists or ([args.pp_loc_list] if args.pp_loc_list is not None else None)
     settings = expand_settings(opts.r, thresholds, pp_loc_lists, list(dict.fromkeys(opts.policy)))
     logger = get_logger(None, 0)
     # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the sweep the same way.
@@ -67,7 +63,7 @@ def main(argv=None):
         print(f"interrupted: finished rows are kept in {os.path.join(opts.out, 'sweep.csv')}; run the same command "
               "to continue", file=sys.stderr)
         raise
-    record = write_reports(opts.out, rows, title=f"{args.model} at {args.img_size}px: top-1 against GMACs on "
+    record = write_reports(opts.out, rows, title=f"{args.model} at {args.image_resize}px: top-1 against GMACs on "
                                                 f"{args.data_dir}/{args.val_split}")
     print(record["text"])
     print(f"table, CSV, JSON and plot written to {opts.out}")

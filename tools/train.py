@@ -1,7 +1,7 @@
 """Train a model from a YAML recipe: ``python tools/train.py -c configs/ppt_deit_s.yaml [--key value ...]``.
 
 Data parallel: ``msrun --worker_num=N --local_worker_num=N tools/train.py -c ... --distribute true``.
-Resume: ``--resume OUTPUT_DIR/last.ckpt``. See mindppt/engine/trainer.py and mindppt/engine/cli.py.
+Resume: ``--ckpt_path CKPT_SAVE_DIR/last.ckpt --resume_opt true`` (mindcv's options).
 """
 import os
 import sys
@@ -13,7 +13,7 @@ from mindppt.engine.trainer import train  # noqa: E402
 
 
 def main(argv=None):
-    train(parse_cli(argv, tool="train"))
+    train(parse_cli(argv, tool="train", description=__doc__))
     return 0
 
 

@@ -32,10 +32,9 @@ import numpy as np
 import yaml
 from mindspore import ops
 
-from mindppt.config import parse_args
 from mindppt.engine.build import build_model
-from mindppt.engine.schedule import create_lr_schedule, resolve_lr
-from mindppt.engine.trainer import build_train_step
+from mindppt.engine.cli import parse_cli
+from mindppt.engine.trainer import build_train_step, lr_schedule
 from mindppt.models import fused_cpu
 from mindppt.models.amp import apply_amp
 
@@ -130,21 +129,19 @@ def collect_primitives(cell, *inputs, project_root=None):
 # The training features of the recipes, all on, so that their primitives are checked: dynamic loss
 # scaling (the recipes' default; all_finite and nn.DynamicLossScaleUpdateCell), global-norm gradient
 # clipping and the EMA of the weights (both options of every recipe).
-TRAIN_OPTIONS = ("--loss_scale_type", "dynamic", "--clip_grad", "1.0", "--ema", "true")
+TRAIN_OPTIONS = ("--loss_scale_type", "dynamic", "--clip_grad", "true", "--clip_value", "1.0", "--ema", "true")
 
 
 def recipe_args(model_name, *, img_size=224, num_classes=1000, amp_level="O2", options=TRAIN_OPTIONS):
     """The configuration namespace of a training run of ``model_name`` (the parser's defaults, i.e. the
     DeiT recipe's optimizer, drop path and schedule) with ``options`` (command-line style) on top."""
-    return parse_args(["--model", model_name, "--image_size", str(img_size), "--num_classes", str(num_classes),
-                       "--amp_level", amp_level, *options])
+    return parse_cli(["--model", model_name, "--image_resize", str(img_size), "--num_classes", str(num_classes),
+                      "--amp_level", amp_level, "--val_amp_level", amp_level, *options], tool="train")
 
 
 def recipe_lr_values(args):
     """The recipe's per-step learning rates (warmup + cosine), at one step per epoch."""
-    return create_lr_schedule(base_lr=resolve_lr(args), min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-                              warmup_epochs=args.warmup_epochs, epochs=args.epoch_size, steps_per_epoch=1,
-                              scheduler=args.scheduler)
+    return lr_schedule(args, steps_per_epoch=1)[1]
 
 
 def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O2",

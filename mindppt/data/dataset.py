@@ -246,7 +246,7 @@ def _check_shards(num_shards, shard_id):
 
 
 def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Optional[int] = None,
-                   shard_id: Optional[int] = None, num_parallel_workers: int = 2, repeated_aug: bool = False,
+                   shard_id: Optional[int] = None, num_parallel_workers: int = 2, aug_repeats: int = 0,
                    seed: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
                    verify_images: bool = True, python_multiprocessing: bool = False) -> ds.GeneratorDataset:
     """Unbatched ImageFolder dataset with columns "image" (RGB uint8 HWC) and "label" (int32 scalar).
@@ -255,7 +255,7 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
     ``ceil(N / num_shards)`` samples; when N is not divisible the last shards are padded by wrapping
     around (a few samples appear twice across shards). Shards are disjoint otherwise and, given the same
     seed on every rank, reshuffled consistently each epoch.
-    ``repeated_aug=True`` uses :class:`RepeatAugSampler` (3 repeats) instead.
+    ``aug_repeats=K`` (K > 0; DeiT: 3) uses :class:`RepeatAugSampler` with K repeats instead.
     ``seed``: if given, calls ``mindspore.dataset.config.set_seed(seed)`` -- this is process-global (it
     also seeds Python's ``random`` and ``numpy.random``) because MindSpore's samplers and random ops have
     no per-op seed.
@@ -271,9 +271,9 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
     common = dict(column_names=["image", "label"], num_parallel_workers=num_parallel_workers,
                   python_multiprocessing=python_multiprocessing)
     sampler = None
-    if repeated_aug:
+    if aug_repeats:
         sampler = RepeatAugSampler(len(source), num_replicas=num_shards or 1, rank=shard_id or 0,
-                                   shuffle=shuffle, repeats=3,
+                                   shuffle=shuffle, repeats=int(aug_repeats),
                                    seed=int(seed) if seed is not None else ds.config.get_seed())
         dataset = ds.GeneratorDataset(source, sampler=sampler, **common)
     else:
@@ -287,7 +287,7 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
                   num_classes: Optional[int] = None, image_size: int = 224,
                   drop_remainder: Optional[bool] = None, num_shards: Optional[int] = None,
                   shard_id: Optional[int] = None, shuffle: Optional[bool] = None,
-                  num_parallel_workers: int = 2, repeated_aug: bool = False, seed: Optional[int] = None,
+                  num_parallel_workers: int = 2, aug_repeats: int = 0, seed: Optional[int] = None,
                   class_names: Optional[Sequence[str]] = None, verify_images: bool = True,
                   python_multiprocessing: bool = False,
                   # mixup / cutmix / label smoothing (training only)
@@ -295,8 +295,10 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
                   label_smoothing: float = 0.1,
                   # transforms (see create_transforms)
                   interpolation: str = "bicubic", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                  auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob: float = 0.25,
-                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct: float = 0.875):
+                  vflip: float = 0.0, auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1", color_jitter=0.4,
+                  re_prob: float = 0.25, re_scale=(0.02, 1 / 3), re_ratio=(0.3, 3.3), re_value="random",
+                  re_max_attempts: int = 10, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                  crop_pct: float = 0.875):
     """Batched pipeline ready for a model, plus the number of images in the split.
 
     Columns: "image" float32 (B, 3, image_size, image_size); "label" float32 (B, num_classes) soft
@@ -313,7 +315,7 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
     shuffle = is_training if shuffle is None else shuffle
     drop_remainder = is_training if drop_remainder is None else drop_remainder
     dataset = create_dataset(data_dir, split, shuffle=shuffle, num_shards=num_shards, shard_id=shard_id,
-                             num_parallel_workers=num_parallel_workers, repeated_aug=repeated_aug, seed=seed,
+                             num_parallel_workers=num_parallel_workers, aug_repeats=aug_repeats, seed=seed,
                              class_names=class_names, verify_images=verify_images,
                              python_multiprocessing=python_multiprocessing)
     names, num_samples = dataset.class_names, len(dataset.index)
@@ -326,8 +328,9 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
                            f"batch_size={batch_size} with drop_remainder=True, so no batch would be produced")
 
     ops = create_transforms(is_training, image_size=image_size, interpolation=interpolation, scale=scale,
-                            ratio=ratio, hflip=hflip, auto_augment=auto_augment, color_jitter=color_jitter,
-                            re_prob=re_prob, mean=mean, std=std, crop_pct=crop_pct)
+                            ratio=ratio, hflip=hflip, vflip=vflip, auto_augment=auto_augment,
+                            color_jitter=color_jitter, re_prob=re_prob, re_scale=re_scale, re_ratio=re_ratio,
+                            re_value=re_value, re_max_attempts=re_max_attempts, mean=mean, std=std, crop_pct=crop_pct)
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=num_parallel_workers,
                           python_multiprocessing=python_multiprocessing)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)

@@ -21,8 +21,9 @@ from typing import Optional, Sequence, Tuple, Union
 from mindspore.dataset import vision
 from mindspore.dataset.vision import Inter
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+# in pixel units (0-255), as mindcv's constants and its mean/std options
+IMAGENET_DEFAULT_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_DEFAULT_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 _INTERPOLATIONS = {
     "bicubic": Inter.BICUBIC,
@@ -132,8 +133,7 @@ def _normalize(mean: Sequence[float], std: Sequence[float]):
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
-    # timm gives mean/std for images in [0, 1]; MindSpore's Normalize works on uint8 pixel values.
-    return vision.Normalize(mean=[m * 255.0 for m in mean], std=[s * 255.0 for s in std])
+    return vision.Normalize(mean=list(mean), std=list(std))  # pixel units, as MindSpore's Normalize
 
 
 def create_transforms(
@@ -144,9 +144,14 @@ def create_transforms(
     scale: Optional[Tuple[float, float]] = (0.08, 1.0),
     ratio: Tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
+    vflip: float = 0.0,
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
     color_jitter: Union[float, Sequence[float], None] = 0.4,
     re_prob: float = 0.25,
+    re_scale: Tuple[float, float] = (0.02, 1 / 3),
+    re_ratio: Tuple[float, float] = (0.3, 3.3),
+    re_value="random",
+    re_max_attempts: int = 10,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
     crop_pct: float = 0.875,
@@ -186,6 +191,10 @@ def create_transforms(
         if not 0 < float(hflip) <= 1:
             raise ValueError(f"hflip must be a probability, got {hflip!r}")
         ops.append(vision.RandomHorizontalFlip(float(hflip)))
+    if not _is_off(vflip):
+        if not 0 < float(vflip) <= 1:
+            raise ValueError(f"vflip must be a probability, got {vflip!r}")
+        ops.append(vision.RandomVerticalFlip(float(vflip)))
 
     rand_aug = parse_rand_augment(auto_augment)
     if rand_aug is not None:
@@ -196,7 +205,7 @@ def create_transforms(
             _warn(f"auto_augment {auto_augment!r}: MindSpore's RandAugment always uses the "
                        "'increasing' op variants (timm inc1); inc0 cannot be reproduced")
         if rand_aug.num_ops > 0:
-            fill = tuple(int(round(255 * m)) for m in mean)  # timm fills with the mean pixel
+            fill = tuple(int(round(m)) for m in mean)  # timm fills with the mean pixel
             ops.append(vision.RandAugment(num_ops=rand_aug.num_ops, magnitude=rand_aug.magnitude,
                                           num_magnitude_bins=_RAND_AUGMENT_BINS,
                                           interpolation=inter, fill_value=fill))
@@ -207,7 +216,9 @@ def create_transforms(
     if not _is_off(re_prob):
         if not 0 < float(re_prob) <= 1:
             raise ValueError(f"re_prob must be a probability, got {re_prob!r}")
-        # timm: scale (0.02, 1/3), aspect ratio in (0.3, 3.3), mode "pixel" = per-pixel N(0, 1) noise.
-        ops.append(vision.RandomErasing(prob=float(re_prob), scale=(0.02, 1 / 3), ratio=(0.3, 3.3),
-                                        value="random", max_attempts=10))
+        # defaults as timm's: scale (0.02, 1/3), aspect ratio (0.3, 3.3), "random" = per-pixel N(0, 1) noise
+        value = re_value if isinstance(re_value, str) else (
+            tuple(float(v) for v in re_value) if isinstance(re_value, (list, tuple)) else float(re_value))
+        ops.append(vision.RandomErasing(prob=float(re_prob), scale=tuple(re_scale), ratio=tuple(re_ratio),
+                                        value=value, max_attempts=int(re_max_attempts)))
     return ops

@@ -233,7 +233,8 @@ def run_analysis(args, out_dir, *, max_images=None, target_shares=None, logger=N
 
     configured = list(model.thresholds)
     decisions = collect()
-    title = f"{args.model} at {args.img_size}px: score variance per compression block ({decisions.num_images} images)"
+    title = (f"{args.model} at {args.image_resize}px: score variance per compression block "
+             f"({decisions.num_images} images)")
     summary = {"model": args.model, "ckpt_path": info["ckpt_path"], "data": os.path.join(args.data_dir, args.val_split),
                "images": decisions.num_images, "token_schedule": info["token_schedule"],
                "configured": {"thresholds": configured,

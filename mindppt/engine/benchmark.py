@@ -33,12 +33,11 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from mindppt.config import parse_args as parse_config
 from mindppt.data import smooth_one_hot
 from mindppt.engine.build import build_model
+from mindppt.engine.cli import parse_cli
 from mindppt.engine.export import EXPORT_FORMATS, export_model
-from mindppt.engine.schedule import create_lr_schedule, resolve_lr
-from mindppt.engine.trainer import build_train_step
+from mindppt.engine.trainer import build_train_step, lr_schedule
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
@@ -76,8 +75,8 @@ class PeakMemory:
 
 def train_config(name, batch_size, image_size, num_classes, options):
     """The configuration of a training run of ``name`` (the recipe defaults) with ``options`` on top."""
-    return parse_config(["--model", name, "--batch_size", str(batch_size), "--image_size", str(image_size),
-                         "--num_classes", str(num_classes), *options])
+    return parse_cli(["--model", name, "--batch_size", str(batch_size), "--image_resize", str(image_size),
+                      "--num_classes", str(num_classes), *options], tool="train")
 
 
 def token_schedule(model):
@@ -103,9 +102,7 @@ class Runner:
         if train:
             args = train_config(name, batch_size, image_size, num_classes, ("--amp_level", amp_level, *train_options))
             self.model = build_model(args)
-            lr_values = create_lr_schedule(base_lr=resolve_lr(args), min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-                                           warmup_epochs=args.warmup_epochs, epochs=args.epoch_size,
-                                           steps_per_epoch=1, scheduler=args.scheduler)
+            _, lr_values = lr_schedule(args, steps_per_epoch=1)
             self.step = build_train_step(apply_amp(self.model, args.amp_level), args, lr_values)
             self.step.set_train(True)
             labels = rng.integers(0, num_classes, batch_size)

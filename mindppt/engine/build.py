@@ -11,12 +11,13 @@ from mindspore.ops.communication import all_reduce
 from mindppt.data import create_loader
 from mindppt.device import setup_device
 from mindppt.errors import CheckpointError, ConfigError
-from mindppt.models import create_model
+from mindppt.models import create_model, eval_preprocessing
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
 
 __all__ = ["setup", "init_distributed", "make_reduce_sum", "model_kwargs", "build_model",
-           "build_eval_model", "threshold_setting", "describe_threshold", "create_train_loaders",
+           "build_eval_model",
+           "resolve_preprocessing", "PREPROCESSING", "threshold_setting", "describe_threshold", "create_train_loaders",
            "create_eval_loader", "r_clamps", "describe_r_clamps", "warn_clamped_r_tokens"]
 
 
@@ -60,22 +61,40 @@ def make_reduce_sum(group_size):
     return reduce_sum
 
 
+PREPROCESSING = ("image_resize", "interpolation", "crop_pct", "mean", "std")
+
+
+def resolve_preprocessing(args):
+    """Fill each preprocessing option left unset (None) from the model's own configuration
+    (:func:`mindppt.models.eval_preprocessing`: input size, interpolation, crop_pct, mean and std, as timm's
+    pretrained_cfg and mindcv's default_cfgs carry them). Returns ``args``."""
+    if not any(getattr(args, key, "") is None for key in PREPROCESSING):
+        return args
+    try:
+        defaults = eval_preprocessing(args.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in PREPROCESSING:
+        if getattr(args, key, "") is None:
+            setattr(args, key, defaults[key])
+    return args
+
+
 def model_kwargs(args, for_eval=False):
     """Keyword arguments for ``create_model(args.model, **model_kwargs(args))``. PPT options left unset
-    (None) are omitted so the registered model's own defaults apply. ``for_eval``: the evaluation
-    threshold, no dropout or drop path, and the weights to evaluate (``ckpt_path``, else
-    ``checkpoint_path``; the EMA weights of a training checkpoint with ``ema``)."""
-    kwargs = dict(num_classes=args.num_classes, pretrained=args.pretrained,
-                  img_size=args.img_size if args.img_size is not None else args.image_size)
-    threshold = args.threshold
+    (None) are omitted so the registered model's own defaults apply. Training: the training threshold,
+    dropout and drop path, and ``ckpt_path`` as initial weights unless ``resume_opt`` (then the trainer
+    restores the whole training state). ``for_eval``: the evaluation threshold, no dropout or drop path,
+    the weights of ``ckpt_path`` (its EMA weights with ``ema``)."""
+    kwargs = dict(num_classes=args.num_classes, pretrained=args.pretrained, img_size=args.image_resize,
+                  in_channels=args.in_channels)
     if for_eval:
-        kwargs.update(drop_rate=0.0, drop_path_rate=0.0, checkpoint_path=args.ckpt_path or args.checkpoint_path or "",
-                      ema=bool(args.ema))
-        if args.eval_threshold is not None:
-            threshold = args.eval_threshold
+        threshold = args.eval_threshold
+        kwargs.update(drop_rate=0.0, drop_path_rate=0.0, checkpoint_path=args.ckpt_path or "", ema=bool(args.ema))
     else:
+        threshold = args.threshold
         kwargs.update(drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
-                      checkpoint_path=args.checkpoint_path or "")
+                      checkpoint_path="" if args.resume_opt else (args.ckpt_path or ""))
     for key, value in (("r_tokens", args.r_tokens), ("pp_loc_list", args.pp_loc_list),
                        ("threshold", threshold), ("prop_attn", args.prop_attn)):
         if value is not None:
@@ -101,20 +120,20 @@ def build_model(args, for_eval=False, with_weights=True, **extra):
 
 
 def build_eval_model(args):
-    """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path`` (else
-    ``args.checkpoint_path``), AMP applied. Returns ``(model, info)``; ``info`` has ``gmacs``,
-    ``params_m``, ``ckpt_path``, ``token_schedule`` and ``threshold`` (see :func:`threshold_setting`)."""
-    path = args.ckpt_path or args.checkpoint_path
+    """The model of ``args`` at the evaluation threshold with the weights of ``args.ckpt_path``, AMP
+    (``val_amp_level``) applied. Returns ``(model, info)``; ``info`` has ``gmacs``, ``params_m``,
+    ``ckpt_path``, ``token_schedule`` and ``threshold`` (see :func:`threshold_setting`)."""
+    path = args.ckpt_path
     if not path:
         raise ConfigError("no weights to evaluate: pass --ckpt_path (a checkpoint written by tools/train.py, or "
-                          "converted weights) or set checkpoint_path")
+                          "converted weights)")
     setup(args, args.device_id)
     model = build_model(args, for_eval=True)
     info = {"gmacs": model_gmacs(model),
             "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
             "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
             "threshold": threshold_setting(model)}
-    return apply_amp(model, args.amp_level), info
+    return apply_amp(model, args.val_amp_level), info
 
 
 def threshold_setting(model):
@@ -135,7 +154,7 @@ def describe_threshold(threshold):
 
 def _loader_options(args, rank, group_size):
     shards = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    return dict(batch_size=args.batch_size, num_classes=args.num_classes, image_size=args.image_size,
+    return dict(batch_size=args.batch_size, num_classes=args.num_classes, image_size=args.image_resize,
                 interpolation=args.interpolation, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
                 num_parallel_workers=args.num_parallel_workers, **shards)
 
@@ -149,10 +168,12 @@ def create_eval_loader(args, class_names=None, rank=0, group_size=1):
 def create_train_loaders(args, rank=0, group_size=1):
     """``(train_loader, n_train, val_loader, n_val)``; the validation classes follow the training set's."""
     train_loader, n_train = create_loader(
-        args.data_dir, args.train_split, is_training=True, seed=args.seed, repeated_aug=args.repeated_aug,
-        mixup=args.mixup, cutmix=args.cutmix, mixup_prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
-        label_smoothing=args.label_smoothing, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        args.data_dir, args.train_split, is_training=True, seed=args.seed, aug_repeats=args.aug_repeats,
+        shuffle=args.shuffle, drop_remainder=args.drop_remainder,
+        mixup=args.mixup, cutmix=args.cutmix, mixup_prob=args.cutmix_prob, switch_prob=args.mixup_switch_prob,
+        label_smoothing=args.label_smoothing, scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
         auto_augment=args.auto_augment, color_jitter=args.color_jitter, re_prob=args.re_prob,
+        re_scale=args.re_scale, re_ratio=args.re_ratio, re_value=args.re_value, re_max_attempts=args.re_max_attempts,
         **_loader_options(args, rank, group_size))
     val_loader, n_val = create_eval_loader(args, train_loader.class_names, rank, group_size)
     return train_loader, n_train, val_loader, n_val

@@ -99,7 +99,8 @@ class TrainMonitor(Callback):
         if not math.isfinite(loss):
             if state.last_good:
                 good = (f"last good checkpoint: {state.last_good[0]} ({state.last_good[1]}); resume from it "
-                        f"with --resume {state.last_good[0]}, e.g. with a lower lr or --clip_grad 1.0")
+                        f"with --ckpt_path {state.last_good[0]} --resume_opt true, e.g. with a lower lr or "
+                        f"--clip_grad true --clip_value 1.0")
             else:
                 good = ("no checkpoint has been written yet (the first is written at the end of epoch 1); "
                         "restart with a lower lr or --clip_grad 1.0")
@@ -129,7 +130,7 @@ class TrainMonitor(Callback):
             name = signal_name(state.pending_signal)
             path = self.checkpointer.save_last(f"{name} at {state.where()}")
             message = (f"interrupted by {name} at {state.where()}; resumable checkpoint written to {path}. "
-                       f"Continue with: --resume {path}")
+                       f"Continue with: --ckpt_path {path} --resume_opt true")
             state.stop = StopRequest("signal", message, signum=state.pending_signal, checkpoint=path)
             self.logger.warning(message)
             run_context.request_stop()
@@ -147,7 +148,8 @@ class TrainMonitor(Callback):
 class EpochEnd(Callback):
     """Per epoch: validate (every ``val_interval`` epochs and after the last), save ``last.ckpt``,
     ``epoch_NNNN.ckpt`` every ``save_every`` epochs and ``best.ckpt`` when validation top-1 improves,
-    and log the epoch summary. ``validate()`` returns ``{"val": metrics, ["ema": metrics]}``."""
+    and log the epoch summary. ``validate()`` returns ``{"val": metrics, ["ema": metrics]}``; None: no
+    validation (mindcv's ``val_while_train false``)."""
 
     def __init__(self, state, checkpointer, monitor, logger, *, validate, val_interval):
         super().__init__()
@@ -170,8 +172,8 @@ class EpochEnd(Callback):
         parts = [f"epoch {epoch}/{state.epoch_size}: train loss {record['train_loss']:.4f} "
                  f"in {train_seconds:.1f}s ({img_s:.1f} img/s)"]
 
-        improved = False
-        if epoch % self.val_interval == 0 or epoch == state.epoch_size:
+        improved, val = False, None
+        if self.validate is not None and (epoch % self.val_interval == 0 or epoch == state.epoch_size):
             t0 = time.perf_counter()
             results = self.validate()
             val_seconds = time.perf_counter() - t0
@@ -192,7 +194,7 @@ class EpochEnd(Callback):
             parts.append(f"best top1 {state.best_top1:.2f} @ epoch {state.best_epoch}")
 
         self.checkpointer.save_last(f"end of epoch {epoch}")
-        self.checkpointer.snapshot_epoch(epoch)
+        self.checkpointer.snapshot_epoch(epoch, val["top1"] if val is not None else None)
         if improved:
             self.checkpointer.mark_best()
         state.history.append(record)
@@ -205,7 +207,7 @@ class EpochEnd(Callback):
             name = signal_name(state.pending_signal)
             path = self.checkpointer.last_path
             message = (f"interrupted by {name} after epoch {epoch}/{state.epoch_size}; resumable checkpoint "
-                       f"written to {path}. Continue with: --resume {path}")
+                       f"written to {path}. Continue with: --ckpt_path {path} --resume_opt true")
             state.stop = StopRequest("signal", message, signum=state.pending_signal, checkpoint=path)
             self.logger.warning(message)
             run_context.request_stop()

@@ -89,10 +89,14 @@ class Checkpointer:
     Only the main rank writes; the others just track the same paths. On start it removes the temporary
     files of a save that was killed half-way (see the module docstring)."""
 
-    def __init__(self, train_step, output_dir, *, model_name, state, is_main, save_every, keep, logger):
+    def __init__(self, train_step, output_dir, *, model_name, state, is_main, save_every, keep, logger,
+                 policy="latest_k"):
         self.train_step, self.output_dir, self.model_name = train_step, output_dir, model_name
         self.state, self.is_main, self.logger = state, is_main, logger
         self.save_every, self.keep = int(save_every), int(keep)
+        if policy not in ("latest_k", "top_k"):
+            raise ValueError(f"unknown checkpoint policy {policy!r}; expected latest_k or top_k")
+        self.policy = policy
         self.last_path = os.path.join(output_dir, "last.ckpt")
         self.best_path = os.path.join(output_dir, "best.ckpt")
         if is_main:
@@ -105,7 +109,7 @@ class Checkpointer:
         good = self.state.last_good
         if good:
             intact = (f"the previous checkpoint {good[0]} ({good[1]}) is intact; free disk space and continue "
-                      f"with --resume {good[0]}")
+                      f"with --ckpt_path {good[0]} --resume_opt true")
         else:
             intact = "no earlier checkpoint of this run exists"
         root = err.__cause__ if isinstance(err.__cause__, OSError) else err  # save_checkpoint_atomic wraps it
@@ -133,7 +137,10 @@ class Checkpointer:
         if self.is_main:
             self._link(self.best_path, "best top-1")
 
-    def snapshot_epoch(self, epoch):
+    def snapshot_epoch(self, epoch, top1=None):
+        """Link ``epoch_NNNN.ckpt`` every ``save_every`` epochs and keep ``keep`` of them (0: all): the newest
+        (latest_k), or those of the best validation top-1 (top_k; ``top1`` is this epoch's, earlier epochs'
+        come from the run's history; an epoch without validation ranks last, ties keep the newer)."""
         if not self.is_main or epoch % self.save_every:
             return None
         path = os.path.join(self.output_dir, f"epoch_{epoch:04d}.ckpt")
@@ -141,6 +148,15 @@ class Checkpointer:
         if self.keep > 0:
             snaps = sorted(f for f in os.listdir(self.output_dir)
                            if f.startswith("epoch_") and f.endswith(".ckpt"))
+            if self.policy == "top_k":
+                scores = {r["epoch"]: r["val_top1"] for r in self.state.history if "val_top1" in r}
+                if top1 is not None:
+                    scores[epoch] = top1
+
+                def rank(name):
+                    number = int(name[len("epoch_"):-len(".ckpt")])
+                    return (scores.get(number, float("-inf")), number)
+                snaps = sorted(snaps, key=rank)
             for old in snaps[:-self.keep]:
                 try:
                     os.remove(os.path.join(self.output_dir, old))
@@ -182,8 +198,9 @@ def load_train_state(path):
                               f".ckpt?): {first}") from None
     if FORMAT_KEY not in params:
         raise CheckpointError(f"{path} is not a mindppt training checkpoint (no optimizer state or epoch): "
-                              f"--resume needs a last.ckpt/best.ckpt/epoch_*.ckpt written by tools/train.py; "
-                              f"to start from plain weights use --checkpoint_path")
+                              f"--resume_opt true needs a last.ckpt/best.ckpt/epoch_*.ckpt of tools/train.py as "
+                              f"ckpt_path; "
+                              f"to start from plain weights set --resume_opt false")
     meta = {"model": params.pop(META_PREFIX + "model", None)}
     params.pop(FORMAT_KEY)
     for key in META_KEYS:

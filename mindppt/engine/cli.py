@@ -12,48 +12,33 @@ Python warnings raised while a tool runs (skipped image files, a clamped ``r_tok
 are shown as one line, ``WarningClass: message``: through the ``mindppt`` run logger when it is
 configured (stdout and ``output_dir/train.log``), else as ``warning: ...`` on stderr. No source lines.
 """
-import contextlib
-import io
 import logging
 import sys
 import warnings
 
-from mindppt.config import EVAL_TOOLS, parse_args
+from mindppt.config import parse_args
 from mindppt.device import resolve_device_target
-from mindppt.errors import USER_ERRORS, CheckpointSaveError, CliError, TrainingError, TrainingInterrupted
+from mindppt.engine.build import resolve_preprocessing
+from mindppt.errors import USER_ERRORS, CheckpointSaveError, TrainingError, TrainingInterrupted
 from mindppt.logger import has_run_log
 
 __all__ = ["parse_cli", "run_tool"]
 
 
-def parse_cli(argv=None, tool=None, tool_parser=None):
-    """:func:`mindppt.config.parse_args` for ``tool`` ("train", "eval", "analyze", "sweep", "demo"), then the
-    device check (``device_target`` must be loadable by this MindSpore; ``auto`` is resolved and recorded in
-    ``args.device_target``). A usage error raises CliError with argparse's message instead of printing
-    the (long) usage text and exiting; an unavailable device raises DeviceUnavailableError.
-
-    ``tool_parser``: an ``argparse.ArgumentParser`` of the tool's own options (``--out``, ...), parsed
-    first; the rest of ``argv`` is the configuration. Then ``(args, tool_args)`` is returned."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buffer):
-            tool_args = None
-            if tool_parser is not None:
-                tool_args, argv = tool_parser.parse_known_args(argv)
-            args = parse_args(argv, tool=tool)
-    except SystemExit as e:
-        text = buffer.getvalue()
-        if e.code in (0, None):
-            sys.stderr.write(text)
-            raise
-        lines = [line for line in text.splitlines() if ": error: " in line]
-        message = lines[-1].split(": error: ", 1)[1] if lines else text.strip().splitlines()[-1]
-        raise CliError(message) from None
-    cpu_flags = ["--amp_level O0" if args.amp_level != "O0" else "",
-                 "--loss_scale_type none" if args.loss_scale_type != "none" and tool not in EVAL_TOOLS else ""]
+def parse_cli(argv=None, tool="train", description=None, add_tool_options=None):
+    """:func:`mindppt.config.parse_args` for ``tool`` (its parser: the configuration options it reads and its
+    own, added by ``add_tool_options(group)``), then the values derived once: the device (``auto``
+    resolved, and it must be loadable by this MindSpore) and the model's preprocessing for every
+    preprocessing option left unset (:func:`mindppt.engine.build.resolve_preprocessing`). Raises
+    ConfigError (a usage error; ``hint`` names the tool that takes a foreign flag) or
+    DeviceUnavailableError."""
+    args = parse_args(argv, tool=tool, description=description, add_tool_options=add_tool_options)
+    training = tool in ("train", "demo")
+    amp = args.amp_level if training else args.val_amp_level
+    cpu_flags = [f"--{'amp_level' if training else 'val_amp_level'} O0" if amp != "O0" else "",
+                 "--loss_scale_type none" if training and args.loss_scale_type != "none" else ""]
     args.device_target = resolve_device_target(args.device_target, " ".join(f for f in cpu_flags if f))
-    return args if tool_parser is None else (args, tool_args)
+    return resolve_preprocessing(args)
 
 
 def _one_line(message):
@@ -94,6 +79,8 @@ def run_tool(main, argv=None):
         for kinds, word, status in _OUTCOMES:
             if isinstance(e, kinds):
                 print(f"{word}: {_one_line(e)}", file=sys.stderr)
+                if getattr(e, "hint", None):
+                    print(f"hint: {_one_line(e.hint)}", file=sys.stderr)
                 return status(e)
         raise
     finally:

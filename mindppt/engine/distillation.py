@@ -154,7 +154,7 @@ def build_teacher(args, student):
                           f"ppt_deit_small_distilled_patch16_224); model {args.model!r} has none")
     name, path = args.teacher_model, args.teacher_checkpoint
     try:
-        teacher = create_model(name, num_classes=args.num_classes, img_size=args.img_size or args.image_size,
+        teacher = create_model(name, num_classes=args.num_classes, img_size=args.image_resize,
                                drop_rate=0.0, drop_path_rate=0.0)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build teacher_model {name!r}: {e}") from None

@@ -147,7 +147,7 @@ def format_metrics_table(rows, columns=None):
 
 
 def run_eval(args, logger=None):
-    """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` (else ``args.checkpoint_path``) on
+    """Evaluate ``args.model`` with the weights of ``args.ckpt_path`` on
     ``data_dir/val_split`` at the evaluation threshold. Returns ``(metrics, model)``: the metrics of
     :data:`METRIC_KEYS` plus ``model``, ``ckpt_path``, ``threshold`` and ``tokens_per_block``, and the
     evaluated model (compiled, for further measurements)."""

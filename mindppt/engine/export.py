@@ -22,13 +22,13 @@ EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
 def build_export_model(args):
-    """The evaluation model of ``args`` (``eval_threshold``, weights of ``ckpt_path``/``checkpoint_path`` if
+    """The evaluation model of ``args`` (``eval_threshold``, weights of ``ckpt_path`` if
     set) with portable ops only, in inference mode, AMP applied."""
     setup(args, args.device_id)
     with fused_cpu.disabled():
-        model = build_model(args, for_eval=True, with_weights=bool(args.ckpt_path or args.checkpoint_path))
+        model = build_model(args, for_eval=True, with_weights=bool(args.ckpt_path))
     model.set_train(False)
-    return model, apply_amp(model, args.amp_level)
+    return model, apply_amp(model, args.val_amp_level)
 
 
 def describe_export_failure(file_format, error):
@@ -46,7 +46,7 @@ def export_model(args, prefix, file_format="MINDIR", batch_size=1, class_index=N
     if file_format not in EXPORT_FORMATS:
         raise ExportError(f"unknown file format {file_format!r}; choose from {', '.join(EXPORT_FORMATS)}")
     model, net = build_export_model(args)
-    size = args.img_size or args.image_size
+    size = args.image_resize
     shape = (batch_size, 3, size, size)
     path = prefix + EXPORT_FORMATS[file_format]
     try:
@@ -58,8 +58,8 @@ def export_model(args, prefix, file_format="MINDIR", batch_size=1, class_index=N
     names, names_source = resolve_class_names(args.num_classes, class_index, args.data_dir, args.train_split)
     info = {
         "file": os.path.basename(path), "file_format": file_format, "bytes": os.path.getsize(path),
-        "mindspore": ms.__version__, "model": args.model, "weights": args.ckpt_path or args.checkpoint_path or None,
-        "input_shape": list(shape), "input_dtype": "float32", "amp_level": args.amp_level,
+        "mindspore": ms.__version__, "model": args.model, "weights": args.ckpt_path or None,
+        "input_shape": list(shape), "input_dtype": "float32", "amp_level": args.val_amp_level,
         "fused_cpu_kernels": False,
         "ppt": {"compression_blocks": list(model.compression_blocks),
                 "r_tokens": [n_in - n_out for n_in, n_out in model.token_schedule if n_out < n_in],

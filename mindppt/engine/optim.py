@@ -39,22 +39,36 @@ def _leaf(name):
     return name.rsplit(".", 1)[-1]
 
 
-def _skip_decay(param, no_weight_decay):
+WEIGHT_DECAY_FILTERS = ("disable", "auto", "norm_and_bias")
+
+
+def _is_norm(param):
+    return len(param.shape) <= 1 and ("norm" in param.name or _leaf(param.name) in ("gamma", "beta"))
+
+
+def _skip_decay(param, weight_decay_filter, no_weight_decay):
+    if weight_decay_filter == "auto":
+        return _is_norm(param)
     return len(param.shape) <= 1 or _leaf(param.name).endswith("bias") or _leaf(param.name) in no_weight_decay
 
 
-def param_groups(params, weight_decay, filter_bias_and_bn=True, no_weight_decay=NO_WEIGHT_DECAY):
-    """MindSpore group params: ``weight_decay`` for the weights, 0 for biases, 1-D parameters (norm
-    weights) and the names in ``no_weight_decay`` when ``filter_bias_and_bn``. The optimizer keeps the
-    original parameter order (``order_params``)."""
+def param_groups(params, weight_decay, weight_decay_filter="norm_and_bias", no_weight_decay=NO_WEIGHT_DECAY):
+    """MindSpore group params: ``weight_decay`` for the weights and 0 for the parameters mindcv's
+    ``weight_decay_filter`` exempts: ``disable`` none; ``auto`` the norm layers' (MindSpore's own default
+    filter, by layer rather than by its gamma/beta names); ``norm_and_bias`` biases, 1-D parameters (norm
+    weights) and the model's ``no_weight_decay`` names (timm's: position embedding, class and
+    distillation tokens). The optimizer keeps the original parameter order (``order_params``)."""
     params = list(params)
     if not params:
         raise ValueError("create_optimizer: no parameters to optimize")
-    if not filter_bias_and_bn or weight_decay == 0:
+    if weight_decay_filter not in WEIGHT_DECAY_FILTERS:
+        raise ValueError(f"weight_decay_filter must be one of {', '.join(WEIGHT_DECAY_FILTERS)}, "
+                         f"got {weight_decay_filter!r}")
+    if weight_decay_filter == "disable" or weight_decay == 0:
         # An explicit group, because ungrouped nn optimizers skip names containing 'beta'/'gamma'.
         return [{"params": params, "weight_decay": float(weight_decay)}]
-    decay = [p for p in params if not _skip_decay(p, no_weight_decay)]
-    no_decay = [p for p in params if _skip_decay(p, no_weight_decay)]
+    decay = [p for p in params if not _skip_decay(p, weight_decay_filter, no_weight_decay)]
+    no_decay = [p for p in params if _skip_decay(p, weight_decay_filter, no_weight_decay)]
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": float(weight_decay)})
@@ -138,7 +152,7 @@ def _check_lr(lr):
                     f"LearningRateSchedule, got {type(lr).__name__}")
 
 
-def create_optimizer(params, *, opt="adamw", lr=1e-3, weight_decay=0.05, filter_bias_and_bn=True,
+def create_optimizer(params, *, opt="adamw", lr=1e-3, weight_decay=0.05, weight_decay_filter="norm_and_bias",
                      betas=(0.9, 0.999), eps=1e-8, momentum=0.9, nesterov=False, bias_correction=True,
                      no_weight_decay=NO_WEIGHT_DECAY):
     """Build an ``nn.Optimizer`` for ``params`` (``net.trainable_params()``; a Cell is also accepted).
@@ -154,7 +168,7 @@ def create_optimizer(params, *, opt="adamw", lr=1e-3, weight_decay=0.05, filter_
         params = params.trainable_params()
     opt = str(opt).lower()
     lr = _check_lr(lr)
-    groups = param_groups(params, weight_decay, filter_bias_and_bn, tuple(no_weight_decay))
+    groups = param_groups(params, weight_decay, weight_decay_filter, tuple(no_weight_decay))
     if opt == "adamw":
         beta1, beta2 = (float(b) for b in betas)
         if bias_correction:

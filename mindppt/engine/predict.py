@@ -85,15 +85,15 @@ class Predictor:
 
     @classmethod
     def from_config(cls, args, class_index=None, trace_source=False):
-        if not (args.ckpt_path or args.checkpoint_path):
+        if not args.ckpt_path:
             raise ConfigError("no weights: pass --ckpt_path (or --mindir PREFIX of tools/export.py)")
         setup(args, args.device_id)
         model = build_model(args, for_eval=True, trace_source=trace_source)
         model.set_train(False)
         names, _ = resolve_class_names(args.num_classes, class_index, args.data_dir, args.train_split)
-        preprocess = {"image_size": args.img_size or args.image_size, "crop_pct": args.crop_pct,
+        preprocess = {"image_size": args.image_resize, "crop_pct": args.crop_pct,
                       "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
-        return cls(apply_amp(model, args.amp_level), args.batch_size, preprocess, names, model)
+        return cls(apply_amp(model, args.val_amp_level), args.batch_size, preprocess, names, model)
 
     @classmethod
     def from_export(cls, prefix, class_index=None):

@@ -262,10 +262,10 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
     ``args.ckpt_path``, appending each row as it finishes, then write the reports. Returns all rows (the
     ones of ``settings``, in their order)."""
     csv_path = os.path.join(out_dir, "sweep.csv")
-    weights = str(args.ckpt_path or args.checkpoint_path or "")
+    weights = str(args.ckpt_path or "")
     if not os.path.isfile(weights):
         raise ConfigError(f"checkpoint not found: {weights!r} (pass the weights to sweep with --ckpt_path)")
-    identity = {"model": f"{args.model}@{args.img_size}px", "weights_sha256": file_digest(weights),
+    identity = {"model": f"{args.model}@{args.image_resize}px", "weights_sha256": file_digest(weights),
                 "data": os.path.join(args.data_dir, args.val_split)}
     rows = read_rows(csv_path, identity)
     done = {_row_key(r) for r in rows}
@@ -295,7 +295,7 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
                                           log_interval=args.log_interval)
             metrics = evaluate(model, loader, batch_size=args.batch_size, progress=batch_progress)
             speeds = paired_throughput({"setting": model, "dense": dense}, batch_size=args.batch_size,
-                                       image_size=args.img_size, rounds=speed_rounds, repeats=speed_repeats)
+                                       image_size=args.image_resize, rounds=speed_rounds, repeats=speed_repeats)
             row = dict(zip(KEY_COLUMNS, setting.key()))
             row.update(gmacs=float(model_gmacs(model)), top1=metrics["top1"], top5=metrics["top5"],
                        loss=metrics["loss"], img_per_s=speeds["setting"], dense_img_per_s=speeds["dense"],

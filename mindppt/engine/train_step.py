@@ -4,7 +4,8 @@ EMA -- one ``nn.Cell`` that ``mindspore.train.Model`` runs as its network (as mi
 It subclasses ``nn.TrainOneStepCell``, which sets up the ``DistributedGradReducer`` (gradient mean over
 devices) whenever the parallel mode is DATA_PARALLEL, and adds what that cell lacks:
 
-* loss scaling for fp16: ``fixed`` (a constant scale; a step whose gradients overflow is skipped) or
+* loss scaling for fp16: ``fixed`` (a constant scale; with ``drop_overflow_update``, as mindcv's option, a
+  step whose gradients overflow is skipped, else applied) or
   ``dynamic`` (``nn.DynamicLossScaleUpdateCell``: halve on overflow, double after ``scale_window`` clean
   steps). Gradients are checked with ``mindspore.amp.all_finite`` and unscaled before clipping.
 * gradient clipping to a global L2 norm (``ops.clip_by_global_norm``),
@@ -58,11 +59,12 @@ class TrainStep(nn.TrainOneStepCell):
         loss_scale: the fixed scale, or the initial dynamic scale.
         scale_window: clean steps before a dynamic scale doubles.
         clip_grad: global-norm clipping threshold (0 = off).
+        drop_overflow_update: with fixed scaling, skip the update of a step whose gradients overflow.
         ema: an :class:`~mindppt.engine.ema.EMA` over the same parameters, or None.
     """
 
     def __init__(self, network, optimizer, *, loss_scale_type="none", loss_scale=1024.0, scale_window=2000,
-                 clip_grad=0.0, ema=None):
+                 clip_grad=0.0, drop_overflow_update=False, ema=None):
         super().__init__(network, optimizer, sens=1.0)
         if loss_scale_type not in ("none", "fixed", "dynamic"):
             raise ValueError(f"loss_scale_type must be none, fixed or dynamic, got {loss_scale_type!r}")
@@ -74,6 +76,7 @@ class TrainStep(nn.TrainOneStepCell):
                              if self.dynamic else None)
         self.clip = float(clip_grad) > 0
         self.clip_value = float(clip_grad)
+        self.skip_overflow = self.dynamic or bool(drop_overflow_update)
         self.ema = ema
         self.use_ema = ema is not None
         self.hyper_map = ops.HyperMap()
@@ -97,9 +100,11 @@ class TrainStep(nn.TrainOneStepCell):
                 finite = ops.logical_not(overflow)
             if self.clip:
                 grads = ops.clip_by_global_norm(grads, self.clip_value)
-            if finite:
-                loss = self._apply(loss, grads)
-            return loss
+            if self.skip_overflow:
+                if finite:
+                    loss = self._apply(loss, grads)
+                return loss
+            return self._apply(loss, grads)
         if self.clip:
             grads = ops.clip_by_global_norm(grads, self.clip_value)
         return self._apply(loss, grads)

@@ -14,7 +14,8 @@ Data parallel (``distribute: true`` under ``msrun``): DATA_PARALLEL with ``gradi
 training and validation sets sharded by rank, the same seed on every rank (identical initial weights),
 validation sums reduced over ranks, and only rank 0 writes the log, the merged config and the checkpoints.
 
-Resuming (``--resume last.ckpt``) restores weights, optimizer moments and step (so the LR position), loss
+Resuming (``--ckpt_path last.ckpt --resume_opt true``, mindcv's options) restores weights, optimizer
+moments and step (so the LR position), loss
 scale, EMA, best top-1 and the epoch/step counters, and restarts the data pipeline at that step with
 ``Dataset.set_init_step``: MindSpore's samplers are seeded by the seed and the epoch, so the remaining
 batches are the same images in the same order as in an uninterrupted run. What is not replayed: the
@@ -63,7 +64,7 @@ from .optim import create_optimizer
 from .schedule import create_lr_schedule, resolve_lr
 from .train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
 
-__all__ = ["train", "build_train_step"]
+__all__ = ["train", "build_train_step", "lr_schedule"]
 
 
 def build_train_step(model, args, lr_values, teacher=None):
@@ -73,8 +74,8 @@ def build_train_step(model, args, lr_values, teacher=None):
     ``teacher`` (:func:`.distillation.build_teacher`, which is called here when ``teacher`` is None); the
     optimizer and the EMA hold the student's parameters only."""
     optimizer = create_optimizer(model.trainable_params(), opt=args.opt, lr=lr_values,
-                                 weight_decay=args.weight_decay, filter_bias_and_bn=args.filter_bias_and_bn,
-                                 betas=args.betas, eps=args.eps, momentum=args.momentum)
+                                 weight_decay=args.weight_decay, weight_decay_filter=args.weight_decay_filter,
+                                 betas=args.betas, eps=args.eps, momentum=args.momentum, nesterov=args.use_nesterov)
     ema = EMA(model.trainable_params(), args.ema_decay) if args.ema else None
     if args.distillation_type == "hard":
         student = distilled_model(model)
@@ -84,7 +85,17 @@ def build_train_step(model, args, lr_values, teacher=None):
     else:
         network = NetWithLoss(model, SoftTargetCrossEntropy())
     return TrainStep(network, optimizer, loss_scale_type=args.loss_scale_type, loss_scale=args.loss_scale,
-                     clip_grad=args.clip_grad, ema=ema)
+                     clip_grad=args.clip_value if args.clip_grad else 0.0,
+                     drop_overflow_update=args.drop_overflow_update, ema=ema)
+
+
+def lr_schedule(args, steps_per_epoch, group_size=1):
+    """``(peak lr, per-step lr values)`` of the recipe ``args``."""
+    base_lr = resolve_lr(args, group_size)
+    return base_lr, create_lr_schedule(
+        base_lr=base_lr, min_lr=args.min_lr, warmup_factor=args.warmup_factor, warmup_epochs=args.warmup_epochs,
+        epochs=args.epoch_size, steps_per_epoch=steps_per_epoch, scheduler=args.scheduler,
+        decay_epochs=args.decay_epochs, lr_epoch_stair=args.lr_epoch_stair)
 
 
 def _summary(args, state, elapsed, rank, group_size):
@@ -92,9 +103,9 @@ def _summary(args, state, elapsed, rank, group_size):
     return {
         "model": args.model, "epochs": state.epoch, "global_step": state.global_step,
         "best_top1": state.best_top1 if validated else None, "best_epoch": state.best_epoch if validated else None,
-        "last_val": state.last_val, "history": state.history, "train_time_s": elapsed, "output_dir": args.output_dir,
-        "last_ckpt": os.path.join(args.output_dir, "last.ckpt"),
-        "best_ckpt": os.path.join(args.output_dir, "best.ckpt") if validated else None,
+        "last_val": state.last_val, "history": state.history, "train_time_s": elapsed,
+        "ckpt_save_dir": args.ckpt_save_dir, "last_ckpt": os.path.join(args.ckpt_save_dir, "last.ckpt"),
+        "best_ckpt": os.path.join(args.ckpt_save_dir, "best.ckpt") if validated else None,
         "rank": rank, "group_size": group_size,
     }
 
@@ -123,23 +134,22 @@ def train(args):
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
     clamps = describe_r_clamps(r_clamps(model))
     params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
-    model, eval_model = apply_amp(model, args.amp_level), apply_amp(eval_model, args.amp_level)
+    model, eval_model = apply_amp(model, args.amp_level), apply_amp(eval_model, args.val_amp_level)
 
-    base_lr = resolve_lr(args, group_size)
-    lr_values = create_lr_schedule(base_lr=base_lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-                                   warmup_epochs=args.warmup_epochs, epochs=args.epoch_size,
-                                   steps_per_epoch=steps_per_epoch, scheduler=args.scheduler)
+    base_lr, lr_values = lr_schedule(args, steps_per_epoch, group_size)
     train_step = build_train_step(model, args, lr_values, teacher)
     saved_state = checkpointed_state(train_step)  # the teacher is rebuilt from its checkpoint, never saved
     state = RunState(epoch_size=args.epoch_size, steps_per_epoch=steps_per_epoch,
                      images_per_step=args.batch_size * group_size, lr_values=lr_values)
-    if args.resume:
-        resume(args.resume, saved_state, state, model_name=args.model, ema_enabled=bool(args.ema), logger=logger)
+    if args.resume_opt:
+        resume(args.ckpt_path, saved_state, state, model_name=args.model, ema_enabled=bool(args.ema), logger=logger)
         train_loader.set_init_step(state.global_step)
 
-    logger = get_logger(args.output_dir, rank)  # now also output_dir/train.log (rank 0)
+    logger = get_logger(args.ckpt_save_dir, rank)  # now also ckpt_save_dir/train.log (rank 0)
     if is_main:
-        save_config(args, os.path.join(args.output_dir, "config.yaml"))
+        save_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
+    for key, why in args.unused_options:
+        logger.info("unused option %s (as in mindcv, but here %s)", key, why)
     logger.info("model %s: %.3fM parameters, %.4f GMACs (tokens after each block %s%s)", args.model, params_m,
                 gmacs, token_schedule, f"; {clamps}, at most half the non-class tokens" if clamps else "")
     if distillation:
@@ -147,11 +157,12 @@ def train(args):
     logger.info("data %s: %d train images (%d steps of %d x %d devices per epoch), %d val images", args.data_dir,
                 n_train, steps_per_epoch, args.batch_size, group_size, n_val)
     logger.info("%s lr %.3e (warmup %.1f epochs from %.1e, %s to %.1e), weight decay %g, %d epochs, amp %s, "
-                "loss scale %s, clip %g, ema %s, %s mode on %s, output %s", args.opt, base_lr, args.warmup_epochs,
-                args.warmup_lr, args.scheduler, args.min_lr, args.weight_decay, args.epoch_size, args.amp_level,
-                args.loss_scale_type, args.clip_grad, args.ema, args.mode, args.device_target, args.output_dir)
-    if args.resume:
-        logger.info("resumed from %s at %s", args.resume, state.where())
+                "loss scale %s, clip %s, ema %s, %s mode on %s, output %s", args.opt, base_lr, args.warmup_epochs,
+                base_lr * args.warmup_factor, args.scheduler, args.min_lr, args.weight_decay, args.epoch_size,
+                args.amp_level, args.loss_scale_type, f"{args.clip_value:g}" if args.clip_grad else "off", args.ema,
+                args.mode, args.device_target, args.ckpt_save_dir)
+    if args.resume_opt:
+        logger.info("resumed from %s at %s", args.ckpt_path, state.where())
 
     reduce_sum = make_reduce_sum(group_size)
     ema = train_step.ema
@@ -164,11 +175,13 @@ def train(args):
             results["ema"] = evaluate(eval_model, val_loader, batch_size=args.batch_size, all_reduce=reduce_sum)
         return results
 
-    checkpointer = Checkpointer(saved_state, args.output_dir, model_name=args.model, state=state, is_main=is_main,
-                                save_every=args.save_every, keep=args.keep_checkpoints, logger=logger)
+    checkpointer = Checkpointer(saved_state, args.ckpt_save_dir, model_name=args.model, state=state, is_main=is_main,
+                                save_every=args.ckpt_save_interval, keep=args.keep_checkpoint_max, logger=logger,
+                                policy=args.ckpt_save_policy)
     monitor = TrainMonitor(state, checkpointer, logger, log_interval=args.log_interval, reduce_sum=reduce_sum,
                            group_size=group_size)
-    epoch_end = EpochEnd(state, checkpointer, monitor, logger, validate=validate, val_interval=args.val_interval)
+    epoch_end = EpochEnd(state, checkpointer, monitor, logger, validate=validate if args.val_while_train else None,
+                         val_interval=args.val_interval)
     if state.epoch >= args.epoch_size:
         logger.warning("the resume checkpoint already finished %d of %d epochs: nothing to train",
                        state.epoch, args.epoch_size)
@@ -185,5 +198,5 @@ def train(args):
     best = f"best top1 {state.best_top1:.2f} at epoch {state.best_epoch}" if state.best_epoch > 0 else "no validation"
     logger.info("finished %d epochs in %s: %s; checkpoints in %s", state.epoch,
                 time.strftime("%H:%M:%S", time.gmtime(elapsed)) if math.isfinite(elapsed) else "?", best,
-                args.output_dir)
+                args.ckpt_save_dir)
     return _summary(args, state, elapsed, rank, group_size)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["create_lr_schedule", "resolve_lr"]
+__all__ = ["create_lr_schedule", "resolve_lr", "recipe_lr_values"]
 
 
 def resolve_lr(args, device_num=1):
@@ -48,3 +48,11 @@ def create_lr_schedule(*, base_lr, min_lr, warmup_lr, warmup_epochs, epochs, ste
         progress = (steps[warmup:] - warmup) / (total - warmup)
         lr[warmup:] = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + np.cos(math.pi * progress))
     return lr.astype(np.float32)
+
+
+def recipe_lr_values(args, steps_per_epoch=1, device_num=1):
+    """The per-step learning rates of the recipe ``args`` (:func:`create_lr_schedule` from its peak lr,
+    :func:`resolve_lr` for ``device_num`` devices, and its warmup and schedule) at ``steps_per_epoch``."""
+    return create_lr_schedule(base_lr=resolve_lr(args, device_num), min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+                              warmup_epochs=args.warmup_epochs, epochs=args.epoch_size,
+                              steps_per_epoch=steps_per_epoch, scheduler=args.scheduler)

@@ -44,9 +44,9 @@ from mindppt.option_types import (
     str_type,
 )
 
-__all__ = ["Option", "TOOLS", "build_parser", "parse_args", "load_config", "validate_config", "save_config",
-           "default_config", "tool_options", "tools_reading", "unused_options", "options_table", "str2bool",
-           "ALL_OPTIONS"]
+__all__ = ["Option", "TOOLS", "ALL_OPTIONS", "build_parser", "tool_parser", "add_options", "parse_args",
+           "load_config", "validate_config", "save_config", "default_config", "tool_options", "tools_reading",
+           "unused_options", "options_table", "str2bool"]
 
 
 @dataclass(frozen=True)
@@ -296,13 +296,28 @@ def _add(group, option):
     group.add_argument(f"--{option.name}", **kwargs)
 
 
+def tool_parser(prog, description=None):
+    """An empty parser for a tool with its own options (raises ConfigError on a usage error); shared
+    options go in with :func:`add_options`."""
+    return _Parser(prog=prog, description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+
+
+def add_options(group, names, defaults=None):
+    """Add the shared options ``names`` (their types, help and, unless ``defaults`` says otherwise,
+    defaults) to an argparse group of a tool's own parser."""
+    for name in names:
+        option = ALL_OPTIONS[name]
+        if defaults and name in defaults:
+            option = Option(option.name, option.type, defaults[name], option.help, option.mindcv)
+        _add(group, option)
+
+
 def build_parser(tool="train", description=None, add_tool_options=None):
     """The parser of ``tool`` (a key of :data:`TOOLS`): -c/--config, the tool's own options
     (``add_tool_options(group)``) and the configuration options it reads, in mindcv-like groups."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}; expected one of {', '.join(TOOLS)}")
-    parser = _Parser(prog=f"tools/{tool}.py", description=description, formatter_class=_HelpFormatter,
-                     allow_abbrev=False)
+    parser = tool_parser(f"tools/{tool}.py", description)
     parser.add_argument("-c", "--config", type=str, default=None, help="YAML recipe (option: value) as defaults")
     if add_tool_options is not None:
         add_tool_options(parser.add_argument_group(f"{tool}"))

@@ -1,17 +1,37 @@
-"""mindppt.engine.benchmark and tools/benchmark.py: model selection (registered names, ``all`` and patterns as
-dense/PPT pairs), the closing table, checked against the registry and ``flops.model_gmacs``, and isolated
-measurements (one process per model: its own peak memory). Values, not speed."""
+"""mindppt.engine.benchmark (the logic of tools/benchmark.py), called directly: model selection (registered
+names, ``all`` and patterns as dense/PPT pairs), the option checks, in-process measurements of the digits
+models (inference, the exported graph, the trainer's own training step) checked against the registry and
+``flops.model_gmacs``, isolated measurements (one process per model: its own peak memory), the closing
+tables; then one quick run of the tool itself. Values, not speed."""
 import json
+import math
 import os
 
+import numpy as np
 import pytest
+from mindspore import nn
 from tool_helpers import ROOT, assert_error, run_tool
 
 from mindppt.engine import benchmark
+from mindppt.engine.schedule import recipe_lr_values
+from mindppt.engine.train_step import TrainStep
+from mindppt.errors import ConfigError
 from mindppt.models import create_model, list_models
 from mindppt.models.flops import model_gmacs
 
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
+DIGITS = ["vit_digits_patch4_16", "ppt_vit_digits_patch4_16"]
+
+
+def settings(**overrides):
+    """The measurement settings run_benchmark derives from its options, for the digits models."""
+    options = benchmark.parse_options(["--num_classes", "3", "--rounds", "2", "--iters", "1", "--warmup", "0"])
+    values = {"image_size": options.image_size, "num_classes": options.num_classes, "amp_level": options.amp_level,
+              "train_options": ("--loss_scale_type", "dynamic", "--clip_grad", "1.0", "--ema", "True",
+                                "--drop_path_rate", "0.1"),
+              "warmup": options.warmup, "rounds": options.rounds, "iters": options.iters, "jit_level": ""}
+    values.update(overrides)
+    return values
 
 
 def test_all_selects_every_registered_model_in_dense_ppt_pairs():
@@ -23,12 +43,97 @@ def test_all_selects_every_registered_model_in_dense_ppt_pairs():
     assert benchmark.select_models(["ppt_deit_tiny*"]) == [
         ["deit_tiny_distilled_patch16_224", "ppt_deit_tiny_distilled_patch16_224"],
         ["deit_tiny_patch16_224", "ppt_deit_tiny_patch16_224"]]
-    assert benchmark.select_models(["ppt_vit_digits_patch4_16", "vit_tiny_patch16_224"]) == [
-        ["ppt_vit_digits_patch4_16", "vit_tiny_patch16_224"]]
-    with pytest.raises(ValueError, match="unknown model 'vit_huge'"):
+    assert benchmark.select_models(["ppt_vit_digits_patch4_16", "vit_tiny_patch16_224", "ppt_vit_digits_patch4_16"]) \
+        == [["ppt_vit_digits_patch4_16", "vit_tiny_patch16_224"]]  # a name given twice is measured once
+    with pytest.raises(ConfigError, match="unknown model 'vit_huge'"):
         benchmark.select_models(["vit_tiny_patch16_224", "vit_huge"])
-    with pytest.raises(ValueError, match="'swin_\\*' matches no registered model"):
+    with pytest.raises(ConfigError, match="'swin_\\*' matches no registered model"):
         benchmark.select_models(["all", "swin_*"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_size", "8", "0"], "--batch_size 0: expected an integer >= 1"),
+    (["--rounds", "0"], "--rounds 0: expected an integer >= 1"),
+    (["--warmup", "-1"], "--warmup -1: expected an integer >= 0"),
+    (["--image_size", "0"], "--image_size 0: expected an integer >= 1"),
+    (["--models", "deit_smal_patch16_224"], "--models: unknown model 'deit_smal_patch16_224'"),
+    (["--models", "swin_*"], "--models: 'swin_*' matches no registered model"),
+    (["--official_repo", "{tmp}"], "--official_repo and --official_python go together"),
+    (["--official_repo", "{tmp}", "--official_python", "python3"], "--official_repo {tmp}: no ppt_deit.py there"),
+    (["--official_repo", "{repo}", "--official_python", "{tmp}/no_python"], "--official_python {tmp}/no_python: "
+                                                                              "not an executable"),
+    (["--json", "{tmp}/missing/zoo.json"], "--json {tmp}/missing/zoo.json: the folder {tmp}/missing does not exist"),
+])
+def test_unusable_options_are_refused_before_any_work(tmp_path, argv, message):
+    repo = tmp_path / "PPT"
+    repo.mkdir()
+    (repo / "ppt_deit.py").write_text("")
+    fill = lambda text: text.format(tmp=tmp_path, repo=repo)  # noqa: E731
+    options = benchmark.parse_options([fill(a) for a in argv])
+    with pytest.raises(ConfigError) as error:
+        benchmark.check_options(options)
+    assert str(error.value).startswith(fill(message)), error.value
+    options.official_python = "python3"  # with an existing Python the official options pass
+    if options.official_repo == str(repo):
+        assert benchmark.check_options(options) == benchmark.select_models(options.models)
+
+
+def test_in_process_rows_describe_each_model_and_its_exported_graph():
+    """The digits pair and the PPT model's MINDIR graph, alternated in this process: every row carries the
+    model's own resolution, GMACs, parameters and token schedule; the closing table pairs dense and PPT and
+    leaves the MINDIR row out."""
+    specs = [(DIGITS[0], False), (DIGITS[1], False), (DIGITS[1], True)]
+    rows = benchmark.measure_together(specs, 2, False, settings())
+    assert [row["model"] for row in rows] == [*DIGITS, DIGITS[1] + " [MINDIR]"]
+    for row, (name, _) in zip(rows, specs):
+        model = create_model(name, num_classes=3)
+        assert row["image_size"] == model.img_size == 16  # each model's own resolution
+        assert row["gmacs"] == model_gmacs(model)
+        assert round(row["params_m"] * 1e6) == sum(p.size for p in model.trainable_params())
+        assert row["mode"] == "infer" and row["batch_size"] == 2 and row["repeats"] == 2  # 2 rounds x 1 call
+        assert row["img_per_s"] > 0 and row["compile_s"] > 0 and row["peak_mem_mb"] > 0
+    dense, ppt = rows[0], rows[1]
+    assert dense["tokens"] == [17] and ppt["tokens"] == [17, 14, 11, 8]
+    assert rows[0]["speedup_vs_first"] == 1.0
+    assert math.isclose(ppt["speedup_vs_first"], ppt["img_per_s"] / dense["img_per_s"])
+
+    header, table = table_rows(benchmark.zoo_table(rows))
+    assert header == ["model", "params (M)", "dense GMACs", "PPT GMACs", "PPT tokens", "batch", "dense img/s",
+                      "PPT img/s", "PPT / dense"]
+    assert table == [{
+        "model": DIGITS[0], "params (M)": f"{dense['params_m']:.2f}", "dense GMACs": f"{dense['gmacs']:.3f}",
+        "PPT GMACs": f"{ppt['gmacs']:.3f}", "PPT tokens": "17->14->11->8", "batch": "2",
+        "dense img/s": f"{dense['img_per_s']:.2f}", "PPT img/s": f"{ppt['img_per_s']:.2f}",
+        "PPT / dense": f"{ppt['img_per_s'] / dense['img_per_s']:.2f}"}]
+
+
+def test_exported_runner_runs_the_mindir_graph():
+    """``exported``: the graph tools/export.py writes (random weights of its own), at the runner's batch."""
+    cell = benchmark.Runner(DIGITS[1], 2, False, settings())
+    graph = benchmark.Runner(DIGITS[1], 2, False, settings(), exported=True)
+    assert isinstance(graph.cell, nn.GraphCell) and not isinstance(cell.cell, nn.GraphCell)
+    logits = graph.call().asnumpy()
+    assert logits.shape == cell.call().shape == (2, 3) and np.isfinite(logits).all()
+
+
+def test_training_runner_times_the_trainers_own_step():
+    """``train``: the step of mindppt.engine.trainer.build_recipe_step for the recipe with the benchmark's
+    options: the recipe's learning-rate table, dynamic loss scaling, clipping and EMA as asked; one call
+    is one optimisation step."""
+    runner = benchmark.Runner(DIGITS[1], 2, True, settings())
+    step = runner.cell
+    assert isinstance(step, TrainStep)
+    assert step.dynamic and step.use_scaling and step.clip and step.clip_value == 1.0 and step.use_ema
+    args = benchmark.train_config(DIGITS[1], 2, 16, 3, ())
+    np.testing.assert_array_equal(step.optimizer.learning_rate.schedule.values.asnumpy(), recipe_lr_values(args))
+    before = {p.name: p.asnumpy().copy() for p in runner.model.trainable_params()}
+    loss = float(runner.call().asnumpy())
+    assert math.isfinite(loss) and int(step.optimizer.global_step.asnumpy().reshape(-1)[0]) == 1
+    assert any(not np.array_equal(p.asnumpy(), before[p.name]) for p in runner.model.trainable_params())
+
+    plain = benchmark.Runner(DIGITS[1], 2, True, settings(train_options=("--loss_scale_type", "none",
+                                                                         "--clip_grad", "0", "--ema", "false")))
+    assert not (plain.cell.use_scaling or plain.cell.clip or plain.cell.use_ema)
 
 
 def table_rows(markdown):
@@ -37,83 +142,25 @@ def table_rows(markdown):
     return header, [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
 
-def test_pattern_run_writes_the_table_of_the_pair(tmp_path):
-    out_json, out_md = tmp_path / "zoo.json", tmp_path / "zoo.md"
-    argv = ["--models", "*digits*", "--batch_size", "2", "--num_classes", "3", "--rounds", "1", "--iters", "1",
-            "--warmup", "0", "--json", str(out_json), "--markdown", str(out_md)]
-    result = run_tool(BENCHMARK, *argv)
-    assert result.returncode == 0, result
-    with open(out_json, encoding="utf-8") as f:
-        rows = {row["model"]: row for row in json.load(f)}
-    assert list(rows) == ["vit_digits_patch4_16", "ppt_vit_digits_patch4_16"]
-    for name, row in rows.items():
-        model = create_model(name, num_classes=3)
-        assert row["image_size"] == model.img_size == 16  # each model's own resolution
-        assert row["gmacs"] == model_gmacs(model)
-        assert round(row["params_m"] * 1e6) == sum(p.size for p in model.trainable_params())
-        assert row["tokens"] == [model.token_schedule[0][0]] + [
-            n_out for n_in, n_out in model.token_schedule if n_out < n_in]
-        assert row["batch_size"] == 2 and row["img_per_s"] > 0
-    dense, ppt = rows["vit_digits_patch4_16"], rows["ppt_vit_digits_patch4_16"]
-    assert dense["tokens"] == [17] and ppt["tokens"] == [17, 14, 11, 8]
-
-    with open(out_md, encoding="utf-8") as f:
-        markdown = f.read()
-    assert "`python tools/benchmark.py --models '*digits*' --batch_size 2" in markdown  # the exact command
-    assert "cpus (" in markdown and "load average" in markdown
-    header, table = table_rows(markdown)
-    assert header == ["model", "params (M)", "dense GMACs", "PPT GMACs", "PPT tokens", "batch", "dense img/s",
-                      "PPT img/s", "PPT / dense"]
-    assert table == [{
-        "model": "vit_digits_patch4_16", "params (M)": f"{dense['params_m']:.2f}",
-        "dense GMACs": f"{dense['gmacs']:.3f}", "PPT GMACs": f"{ppt['gmacs']:.3f}", "PPT tokens": "17->14->11->8",
-        "batch": "2", "dense img/s": f"{dense['img_per_s']:.2f}", "PPT img/s": f"{ppt['img_per_s']:.2f}",
-        "PPT / dense": f"{ppt['img_per_s'] / dense['img_per_s']:.2f}"}]
-    assert markdown in result.stdout  # printed as written
-
-
-def test_unknown_model_is_one_error_line(tmp_path):
-    result = run_tool(BENCHMARK, "--models", "deit_smal_patch16_224", "--json", tmp_path / "x.json")
-    assert_error(result, "--models", "deit_smal_patch16_224")
-    assert not (tmp_path / "x.json").exists()
-
-
-def test_isolated_runs_report_each_models_own_peak_memory_training_included(tmp_path):
-    """--isolate: every (model, mode) in a fresh process, alternating; the peak is that process's own maximum
-    resident set (VmHWM: above an interpreter with MindSpore loaded, not the parent's carried over), and the
-    table gains the memory columns."""
-    out_json, out_md = tmp_path / "zoo.json", tmp_path / "zoo.md"
-    result = run_tool(BENCHMARK, "--models", "*digits*", "--batch_size", "2", "--num_classes", "3", "--rounds", "2",
-                      "--iters", "1", "--warmup", "0", "--isolate", "--train", "--json", out_json,
-                      "--markdown", out_md)
-    assert result.returncode == 0, result
-    assert result.stdout.count("round 1/2:") == 4 and result.stdout.count("round 2/2:") == 4  # 2 models x 2 modes
-    with open(out_json, encoding="utf-8") as f:
-        rows = json.load(f)
-    assert sorted((r["model"], r["mode"]) for r in rows) == sorted(
-        (m, mode) for m in ("vit_digits_patch4_16", "ppt_vit_digits_patch4_16") for mode in ("infer", "train"))
+def test_isolated_runs_report_each_models_own_peak_memory():
+    """Every measurement in a fresh process, the models alternating round by round; the peak is that
+    process's own maximum resident set (VmHWM: above an interpreter with MindSpore loaded, not the parent's
+    carried over), and the table gains the memory columns."""
+    seen = []
+    rows = benchmark.measure_alternating(DIGITS, 2, False, settings(), "CPU",
+                                         progress=lambda i, row: seen.append((i, row["model"])))
+    assert seen == [(0, DIGITS[0]), (0, DIGITS[1]), (1, DIGITS[0]), (1, DIGITS[1])]  # alternating
+    assert [row["model"] for row in rows] == DIGITS
     for row in rows:
-        assert row["framework"] == "mindppt" and len(row["rounds"]) == 2
+        assert row["framework"] == "mindppt" and len(row["rounds"]) == 2 and row["img_per_s"] > 0
+        assert "speedup_vs_first" not in row
         assert 200 < row["process_peak_mb"] < 8000, row
         assert row["process_peak_mb"] != benchmark.process_peak_mb()
-    with open(out_md, encoding="utf-8") as f:
-        markdown = f.read()
-    assert "each measurement in its own process" in markdown
-    header, table = table_rows(markdown)
-    assert header[-3:] == ["dense peak (MB)", "PPT peak (MB)", "PPT / dense memory"] and "mode" in header
-    by_mode = {(r["model"], r["mode"]): r for r in rows}
-    for line in table:
-        dense = by_mode[("vit_digits_patch4_16", line["mode"])]
-        ppt = by_mode[("ppt_vit_digits_patch4_16", line["mode"])]
-        assert line["dense peak (MB)"] == f"{dense['process_peak_mb']:.0f}"
-        assert line["PPT / dense memory"] == f"{ppt['process_peak_mb'] / dense['process_peak_mb']:.3f}"
-
-
-def test_official_comparison_options_are_checked_before_any_work(tmp_path):
-    result = run_tool(BENCHMARK, "--official_repo", tmp_path)
-    assert_error(result, "--official_repo and --official_python go together")
-    result = run_tool(BENCHMARK, "--official_repo", tmp_path, "--official_python", "python3")
-    assert_error(result, "--official_repo", "ppt_deit.py")
+    header, table = table_rows(benchmark.zoo_table(rows))
+    assert header[-3:] == ["dense peak (MB)", "PPT peak (MB)", "PPT / dense memory"]
+    dense, ppt = rows
+    assert table[0]["dense peak (MB)"] == f"{dense['process_peak_mb']:.0f}"
+    assert table[0]["PPT / dense memory"] == f"{ppt['process_peak_mb'] / dense['process_peak_mb']:.3f}"
 
 
 def test_official_table_pairs_rows_of_the_same_model_batch_and_mode():
@@ -126,3 +173,25 @@ def test_official_table_pairs_rows_of_the_same_model_batch_and_mode():
     header, table = table_rows(benchmark.official_table(rows))
     assert [line["mode"] for line in table] == ["infer"]  # no official train row: not listed
     assert table[0]["mindppt / official"] == "1.20" and table[0]["mindppt / official memory"] == "0.90"
+
+
+def test_the_tool_prints_and_writes_the_report_and_refuses_bad_input_in_one_line(tmp_path):
+    out_json, out_md = tmp_path / "zoo.json", tmp_path / "zoo.md"
+    result = run_tool(BENCHMARK, "--models", "*digits*", "--batch_size", "2", "--num_classes", "3", "--rounds", "1",
+                      "--iters", "1", "--warmup", "0", "--json", out_json, "--markdown", out_md)
+    assert result.returncode == 0, result
+    with open(out_json, encoding="utf-8") as f:
+        rows = json.load(f)
+    assert [row["model"] for row in rows] == DIGITS
+    with open(out_md, encoding="utf-8") as f:
+        markdown = f.read()
+    assert "`python tools/benchmark.py --models '*digits*' --batch_size 2" in markdown  # the exact command
+    assert "cpus (" in markdown and "load average" in markdown
+    assert markdown in result.stdout  # printed as written
+    for row in rows:
+        assert benchmark.format_row(row) in result.stdout
+    assert f"wrote {out_json}" in result.stdout and f"wrote {out_md}" in result.stdout
+
+    result = run_tool(BENCHMARK, "--models", "*digits*", "--batch_size", "-2", "--json", tmp_path / "x.json")
+    assert_error(result, "--batch_size -2: expected an integer >= 1")
+    assert not (tmp_path / "x.json").exists()

@@ -1,6 +1,7 @@
 """mindppt.engine.optim and mindppt.engine.schedule: parameter groups, the per-step lr list, and real
 optimizer steps in GRAPH_MODE on CPU (TrainOneStepCell)."""
 import math
+from types import SimpleNamespace
 
 import mindspore as ms
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
 from mindppt.engine.optim import create_optimizer, param_groups
-from mindppt.engine.schedule import create_lr_schedule
+from mindppt.engine.schedule import create_lr_schedule, recipe_lr_values
 
 
 @pytest.fixture(autouse=True)
@@ -235,3 +236,15 @@ def test_bad_arguments():
         create_optimizer([], lr=0.1)
     with pytest.raises(ValueError):
         create_optimizer(net.trainable_params(), lr=[0.1, -1.0])
+
+
+def test_recipe_lr_values_scale_the_peak_to_the_global_batch():
+    """A recipe's table (what the trainer and the benchmark's training step use): the peak lr of
+    lr_per_512 scaled to batch_size x devices, the recipe's warmup and schedule, per step."""
+    recipe = SimpleNamespace(lr=None, lr_per_512=5e-4, batch_size=64, min_lr=1e-5, warmup_lr=1e-6,
+                             warmup_epochs=1, epoch_size=4, scheduler="cosine")
+    lr = recipe_lr_values(recipe, steps_per_epoch=3, device_num=2)
+    assert lr.shape == (12,) and lr[0] == pytest.approx(1e-6)
+    assert lr[3] == pytest.approx(5e-4 * 64 * 2 / 512) == lr.max()  # first step after warmup: the peak
+    recipe.lr = 1e-3  # an explicit lr is taken as it is
+    assert recipe_lr_values(recipe).max() == pytest.approx(1e-3) and recipe_lr_values(recipe).shape == (4,)

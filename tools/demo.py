@@ -24,7 +24,8 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_
 from mindppt.data import write_digits_imagefolder  # noqa: E402
 from mindppt.engine.build import create_eval_loader, describe_threshold  # noqa: E402
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
-from mindppt.engine.evaluate import paired_throughput, run_eval  # noqa: E402
+from mindppt.engine.evaluate import run_eval  # noqa: E402
+from mindppt.engine.timing import paired_throughput  # noqa: E402
 from mindppt.engine.trainer import train  # noqa: E402
 from mindppt.io import atomic_write  # noqa: E402
 from mindppt.models import inspect_compression  # noqa: E402

@@ -11,7 +11,7 @@ function its docstring refers to (``Refer to :func:`mindspore.ops.xxx```). ``op_
 and gradient primitives -- each entry citing the documentation page it comes from.
 
 The graphs are the evaluation network and the trainer's own training step
-(:func:`mindppt.engine.trainer.build_train_step`) with dynamic loss scaling, gradient clipping and EMA on,
+(:func:`mindppt.engine.trainer.build_recipe_step`) with dynamic loss scaling, gradient clipping and EMA on,
 under the recipes' O2 mixed precision (:func:`build_graph_cells`). One piece of that step is not
 device-independent: ``mindspore.amp.all_finite`` chooses its primitives by backend when the graph is
 built (CPU: ``IsFinite``/``ReduceAll``/``AddN``/``LessScalar``; GPU: ``FloatStatus``; Ascend:
@@ -34,7 +34,7 @@ from mindspore import ops
 
 from mindppt.engine.build import build_model
 from mindppt.engine.cli import parse_cli
-from mindppt.engine.trainer import build_train_step, lr_schedule
+from mindppt.engine.trainer import build_recipe_step
 from mindppt.models import fused_cpu
 from mindppt.models.amp import apply_amp
 
@@ -139,15 +139,10 @@ def recipe_args(model_name, *, img_size=224, num_classes=1000, amp_level="O2", o
                       "--amp_level", amp_level, "--val_amp_level", amp_level, *options], tool="train")
 
 
-def recipe_lr_values(args):
-    """The recipe's per-step learning rates (warmup + cosine), at one step per epoch."""
-    return lr_schedule(args, steps_per_epoch=1)[1]
-
-
 def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=1000, amp_level="O2",
                       amp_dtype=ms.float16, options=TRAIN_OPTIONS):
     """``{"eval": (cell, inputs), "train": (cell, inputs)}`` for ``model_name``: the evaluation network
-    and the trainer's own training step (:func:`mindppt.engine.trainer.build_train_step`: ``TrainStep``
+    and the trainer's own training step (:func:`mindppt.engine.trainer.build_recipe_step`: ``TrainStep``
     with the recipe's AdamW on a per-step lr table, soft-target cross entropy, drop path, and with
     ``options`` -- by default dynamic loss scaling, gradient clipping and EMA), both built by the
     trainer's ``build_model`` and put under ``apply_amp(amp_level, amp_dtype)`` as the trainer does.
@@ -164,7 +159,7 @@ def build_graph_cells(model_name, *, img_size=224, batch_size=2, num_classes=100
     eval_net = apply_amp(eval_model, args.amp_level, amp_dtype)
     eval_net.set_train(False)
 
-    step = build_train_step(apply_amp(train_model, args.amp_level, amp_dtype), args, recipe_lr_values(args))
+    step = build_recipe_step(args, train_model, amp_dtype=amp_dtype).step
     step.set_train(True)
     return {"eval": (eval_net, (images,)), "train": (step, (images, targets))}
 

@@ -1,19 +1,21 @@
-"""Throughput and memory benchmarks in GRAPH_MODE: img/s, latency, compile time, peak memory, GMACs.
+"""Throughput and memory benchmarks in GRAPH_MODE: img/s, latency, compile time, peak memory, GMACs;
+:func:`run_benchmark` is the whole of ``tools/benchmark.py``.
 
-Two ways to measure (``tools/benchmark.py`` is the command line):
+Two ways to measure, both alternating the candidates round after round (:mod:`mindppt.engine.timing`):
 
-* in this process (default): models of one group alternate their timed rounds, so machine drift hits
-  them equally; compilation and warm-up are excluded and the median of the repeats is reported. Peak
-  memory is the process's resident set sampled while a model runs: it covers every model built so far.
-* ``isolate``: every measurement in a fresh process (:func:`measure_isolated`), the models alternating
-  process by process, round after round. The process's peak resident set (``ru_maxrss``, compile
+* in this process (default, :func:`measure_together`): the models of one group are compiled and warmed
+  up apart, then their timed calls alternate, so machine drift hits them equally; the median call is
+  reported. Peak memory is the process's resident set sampled while a model runs: it covers every model
+  built so far.
+* isolated (:func:`measure_alternating`): every measurement in a fresh process (:func:`measure_isolated`),
+  the models alternating process by process. The process's peak resident set (``VmHWM``, compile
   included) is then one model's own: the honest way to compare memory. ``official_repo`` adds, in the
   same alternation, the official PyTorch PPT code on the same model and batch, timed by
   ``tools/official_ppt_timing.py`` under ``official_python`` (a Python with torch and timm 0.4.12).
 
-``train`` times the trainer's own training step (mindppt.engine.trainer.build_train_step: TrainStep
-with the recipe's AdamW, drop path, soft-target cross entropy on smoothed one-hot targets, and the given
-loss scaling, clipping and EMA).
+``train`` times the trainer's own training step (:func:`mindppt.engine.trainer.build_recipe_step`:
+TrainStep with the recipe's AdamW and learning rates, drop path, soft-target cross entropy on smoothed
+one-hot targets, and the given loss scaling, clipping and EMA).
 """
 import datetime
 import fnmatch
@@ -22,55 +24,29 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from mindppt.config import add_options, tool_parser
 from mindppt.data import smooth_one_hot
+from mindppt.device import setup_device
 from mindppt.engine.build import build_model
 from mindppt.engine.cli import parse_cli
 from mindppt.engine.export import EXPORT_FORMATS, export_model
-from mindppt.engine.trainer import build_train_step, lr_schedule
+from mindppt.engine.timing import alternate, random_images, round_robin
+from mindppt.engine.trainer import build_recipe_step
+from mindppt.errors import ConfigError
+from mindppt.io import atomic_write
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import model_gmacs
-
-
-def rss_mb():
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakMemory:
-    """Samples the process's resident memory while a block runs (Linux /proc)."""
-
-    def __init__(self, interval=0.005):
-        self.interval = interval
-        self.peak = 0.0
-        self._stop = threading.Event()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.peak = rss_mb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
 
 
 def train_config(name, batch_size, image_size, num_classes, options):
@@ -85,69 +61,51 @@ def token_schedule(model):
 
 
 class Runner:
-    """One model at one batch size, inference or the trainer's full training step. ``image_size`` None:
-    the model's own resolution."""
+    """One model at one batch size on a fixed random batch: its forward pass (``exported``: the MINDIR graph
+    tools/export.py writes, in place of the Cell) or, with ``train``, the trainer's own training step
+    (:func:`mindppt.engine.trainer.build_recipe_step`) on smoothed one-hot targets: ``cell``; ``call()``
+    runs it once on the batch and returns its output. ``settings``: a dict of image_size (None: the
+    model's own resolution), num_classes, amp_level and train_options (command-line style, on top of the
+    recipe defaults)."""
 
-    def __init__(self, name, batch_size, train, image_size, num_classes, amp_level="O0", train_options=(),
-                 exported=False):
+    def __init__(self, name, batch_size, train, settings, exported=False):
         self.name, self.batch_size, self.train = name + (" [MINDIR]" if exported else ""), batch_size, train
-        size_kwargs = {} if image_size is None else {"img_size": image_size}
-        if not train:
-            self.model = create_model(name, num_classes=num_classes, **size_kwargs)
-            image_size = self.model.img_size
-        elif image_size is None:
-            image_size = create_model(name, num_classes=num_classes).img_size
-        rng = np.random.default_rng(0)
-        self.images = ms.Tensor(rng.standard_normal((batch_size, 3, image_size, image_size), np.float32))
+        image_size, num_classes, amp_level = settings["image_size"], settings["num_classes"], settings["amp_level"]
         if train:
-            args = train_config(name, batch_size, image_size, num_classes, ("--amp_level", amp_level, *train_options))
+            if image_size is None:
+                image_size = create_model(name, num_classes=num_classes).img_size
+            args = train_config(name, batch_size, image_size, num_classes,
+                                ("--amp_level", amp_level, *settings["train_options"]))
             self.model = build_model(args)
-            _, lr_values = lr_schedule(args, steps_per_epoch=1)
-            self.step = build_train_step(apply_amp(self.model, args.amp_level), args, lr_values)
-            self.step.set_train(True)
-            labels = rng.integers(0, num_classes, batch_size)
-            self.labels = ms.Tensor(smooth_one_hot(labels, num_classes, args.label_smoothing))
+            self.cell = build_recipe_step(args, self.model).step
+            self.cell.set_train(True)
+            labels = np.random.default_rng(0).integers(0, num_classes, batch_size)
+            targets = ms.Tensor(smooth_one_hot(labels, num_classes, args.label_smoothing))
+            self.call = functools.partial(self.cell, random_images(batch_size, image_size), targets)
         else:
-            self.net = apply_amp(self.model, amp_level)
-            if exported:  # the graph tools/export.py writes, in place of the Cell
+            self.model = create_model(name, num_classes=num_classes,
+                                      **({} if image_size is None else {"img_size": image_size}))
+            image_size = self.model.img_size
+            self.cell = apply_amp(self.model, amp_level)
+            if exported:
                 args = train_config(name, batch_size, image_size, num_classes, ("--amp_level", amp_level))
                 with tempfile.TemporaryDirectory() as tmp:
                     export_model(args, os.path.join(tmp, "model"), "MINDIR", batch_size)
-                    self.net = nn.GraphCell(ms.load(os.path.join(tmp, "model" + EXPORT_FORMATS["MINDIR"])))
-            self.net.set_train(False)
-        self.gmacs = model_gmacs(self.model)
+                    self.cell = nn.GraphCell(ms.load(os.path.join(tmp, "model" + EXPORT_FORMATS["MINDIR"])))
+            self.cell.set_train(False)
+            self.call = functools.partial(self.cell, random_images(batch_size, image_size))
         self.image_size = image_size
-        self.params_m = sum(p.size for p in self.model.trainable_params()) / 1e6
-        self.tokens = token_schedule(self.model)
-        self.compile_s = None
-        self.times = []
-        self.peak_mb = 0.0
 
-    def run_once(self):
-        start = time.perf_counter()
-        out = self.step(self.images, self.labels) if self.train else self.net(self.images)
-        out.asnumpy()  # wait for the device
-        return time.perf_counter() - start
-
-    def compile(self, warmup):
-        self.compile_s = self.run_once()  # first call = graph compilation + one run
-        for _ in range(warmup):
-            self.run_once()
-
-    def measure(self, iters):
-        with PeakMemory() as mem:
-            for _ in range(iters):
-                self.times.append(self.run_once())
-        self.peak_mb = max(self.peak_mb, mem.peak)
-
-    def result(self):
-        latency = statistics.median(self.times)
+    def row(self, timing):
+        """The result row of this runner's :class:`~mindppt.engine.timing.Timing`."""
+        latency = timing.median_s
         return {
             "model": self.name, "batch_size": self.batch_size, "mode": "train" if self.train else "infer",
             "img_per_s": self.batch_size / latency, "latency_ms": latency * 1e3,
-            "compile_s": self.compile_s, "peak_mem_mb": self.peak_mb, "gmacs": self.gmacs,
-            "repeats": len(self.times), "image_size": self.image_size, "params_m": self.params_m,
-            "tokens": self.tokens,
+            "compile_s": timing.compile_s, "peak_mem_mb": timing.peak_mb, "gmacs": model_gmacs(self.model),
+            "repeats": len(timing.times), "image_size": self.image_size,
+            "params_m": sum(p.size for p in self.model.trainable_params()) / 1e6,
+            "tokens": token_schedule(self.model),
         }
 
 
@@ -157,20 +115,20 @@ PATTERN_CHARS = "*?["
 def select_models(names):
     """The measurement groups of ``--models``: registered names as given form one group, alternated
     together. ``all`` or any shell-style pattern: every registered model a pattern matches, in dense/PPT
-    pairs (a match of either name brings its partner), one group per pair. Raises ValueError naming an
+    pairs (a match of either name brings its partner), one group per pair. Raises ConfigError naming an
     unknown name or a pattern that matches nothing."""
     if not any(name == "all" or any(c in name for c in PATTERN_CHARS) for name in names):
         for name in names:
             if not is_model(name):
-                raise ValueError(f"--models: unknown model {name!r} (registered: {', '.join(list_models())}; "
-                                 f"'all' or a pattern like 'deit_*' selects several)")
-        return [list(names)]
+                raise ConfigError(f"--models: unknown model {name!r} (registered: {', '.join(list_models())}; "
+                                  f"'all' or a pattern like 'deit_*' selects several)")
+        return [list(dict.fromkeys(names))]  # a name given twice is measured once
     selected = set()
     for pattern in names:
         matches = list_models() if pattern == "all" else fnmatch.filter(list_models(), pattern)
         if not matches:
-            raise ValueError(f"--models: {pattern!r} matches no registered model (registered: "
-                             f"{', '.join(list_models())})")
+            raise ConfigError(f"--models: {pattern!r} matches no registered model (registered: "
+                              f"{', '.join(list_models())})")
         selected.update(matches)
     bases = sorted({name[len("ppt_"):] if name.startswith("ppt_") else name for name in selected})
     return [[name for name in (base, "ppt_" + base) if is_model(name)] for base in bases]
@@ -266,18 +224,14 @@ def format_row(r):
 
 
 def measure_together(specs, batch, train, settings):
-    """Build (name, exported) runners, compile them, alternate the timed rounds; the rows of each, with
-    img/s relative to the first. The runners (and their graphs) die with this call. ``settings``: a dict
-    of image_size, num_classes, amp_level, train_options, warmup, rounds, iters."""
-    runners = [Runner(name, batch, train, settings["image_size"], settings["num_classes"], settings["amp_level"],
-                      settings["train_options"], exported)
-               for name, exported in specs]
-    for runner in runners:
-        runner.compile(settings["warmup"])
-    for _ in range(settings["rounds"]):
-        for runner in runners:
-            runner.measure(settings["iters"])
-    rows = [runner.result() for runner in runners]
+    """Build a :class:`Runner` per (name, exported) of ``specs`` and time them alternately in this process
+    (:func:`mindppt.engine.timing.alternate`, memory sampled); the rows of each, with img/s relative to the
+    first. The runners (and their graphs) die with this call. ``settings``: the dict of :class:`Runner`
+    plus warmup, rounds and iters."""
+    runners = [Runner(name, batch, train, settings, exported) for name, exported in specs]
+    timings = alternate({runner.name: runner.call for runner in runners}, rounds=settings["rounds"],
+                        iters=settings["iters"], warmup=settings["warmup"], memory=True)
+    rows = [runner.row(timings[runner.name]) for runner in runners]
     for row in rows:
         row["speedup_vs_first"] = row["img_per_s"] / rows[0]["img_per_s"]
     return rows
@@ -300,13 +254,10 @@ def process_peak_mb():
 def _isolated_child():
     """Entry point of one isolated measurement: a JSON request on stdin, one JSON row on stdout."""
     request = json.loads(sys.stdin.read())
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(request["device"])
-    runner = Runner(request["name"], request["batch_size"], request["train"], request["image_size"],
-                    request["num_classes"], request["amp_level"], request["train_options"])
-    runner.compile(request["warmup"])
-    runner.measure(request["iters"])
-    row = runner.result()
+    setup_device(request["device"], mode="graph", jit_level=request["settings"]["jit_level"] or None)
+    settings = dict(request["settings"], rounds=1)
+    row = measure_together([(request["name"], False)], request["batch_size"], request["train"], settings)[0]
+    del row["speedup_vs_first"]  # alone in its process: relative to nothing
     row.update(framework="mindppt", process_peak_mb=process_peak_mb())
     print(json.dumps(row))
 
@@ -322,10 +273,7 @@ def _run_json(command, stdin_text, what):
 def measure_isolated(name, batch, train, settings, device="CPU"):
     """One measurement of ``name`` in a fresh Python process: the row of :class:`Runner` plus
     ``process_peak_mb``, that process's peak resident memory (one model, compile included)."""
-    request = {"name": name, "batch_size": batch, "train": train, "image_size": settings["image_size"],
-               "num_classes": settings["num_classes"], "amp_level": settings["amp_level"],
-               "train_options": list(settings["train_options"]), "warmup": settings["warmup"],
-               "iters": settings["iters"], "device": device}
+    request = {"name": name, "batch_size": batch, "train": train, "settings": settings, "device": device}
     code = "from mindppt.engine.benchmark import _isolated_child; _isolated_child()"
     env_note = f"isolated measurement of {name} (batch {batch}, {'train' if train else 'infer'})"
     return _run_json([sys.executable, "-c", code], json.dumps(request), env_note)
@@ -376,65 +324,152 @@ def _median_rows(rows):
 
 def measure_alternating(names, batch, train, settings, device="CPU", official=None, progress=None):
     """Each model (and, with ``official`` = (repo, python), the official code on it) in its own process,
-    alternating process by process for ``settings['rounds']`` rounds; one row per model and framework."""
-    runs = {}
-    for round_index in range(settings["rounds"]):
-        for name in names:
-            row = measure_isolated(name, batch, train, settings, device)
-            runs.setdefault((name, "mindppt"), []).append(row)
-            if progress:
-                progress(round_index, row)
-            if official is not None:
-                row = measure_official(name, batch, train, settings, *official)
-                runs.setdefault((name, "official"), []).append(row)
-                if progress:
-                    progress(round_index, row)
+    alternating process by process for ``settings['rounds']`` rounds
+    (:func:`mindppt.engine.timing.round_robin`); one row per model and framework, the median of its
+    rounds. ``progress(round_index, row)`` is called after each measurement."""
+    frameworks = ("mindppt", "official") if official is not None else ("mindppt",)
+
+    def measure(candidate, round_index):
+        name, framework = candidate
+        row = (measure_isolated(name, batch, train, settings, device) if framework == "mindppt" else
+               measure_official(name, batch, train, settings, *official))
+        if progress:
+            progress(round_index, row)
+        return row
+
+    runs = round_robin([(name, framework) for name in names for framework in frameworks], settings["rounds"],
+                       measure)
     return [_median_rows(rows) for rows in runs.values()]
 
 
-def run_benchmark(args, command, out=print):
-    """The whole benchmark of ``tools/benchmark.py``'s options: each group of :func:`select_models`, in
-    this process or isolated (``args.isolate``, or ``args.official_repo``), every batch size and mode.
-    Prints a line per measurement through ``out`` and returns (rows, markdown report)."""
-    groups = select_models(args.models)
-    device = ms.get_context("device_target")
+USAGE = """\
+Throughput and memory benchmark in GRAPH_MODE: img/s, latency, compile time, peak memory, GMACs.
+
+Models are measured alternately so machine drift hits them equally; compilation and warm-up are excluded
+and the median of the repeats is reported. --isolate measures each model in its own process (alternating
+process by process), so the peak memory reported is that model's own. --official_repo PPT
+--official_python VENV/bin/python also times the official PyTorch PPT code on each model in the same
+alternation (docs/performance.md). --train also times the trainer's training step.
+
+  python tools/benchmark.py --models deit_small_patch16_224 ppt_deit_small_patch16_224 \\
+      --batch_size 1 8 32 [--train] [--isolate] [--exported] [--amp_level O2] [--json OUT.json]
+  python tools/benchmark.py --models all --batch_size 32 --isolate --markdown zoo.md --json zoo.json
+"""
+
+
+def parse_options(argv=None):
+    """The options of ``tools/benchmark.py``: its own, and the shared ones (model, device, training step)
+    with the meaning they have everywhere (:mod:`mindppt.config`). Raises ConfigError on a usage error."""
+    p = tool_parser("tools/benchmark.py", USAGE)
+    own = p.add_argument_group("benchmark")
+    own.add_argument("--models", nargs="+", default=["deit_small_patch16_224", "ppt_deit_small_patch16_224"],
+                     help="registered names (measured alternately together), or 'all' / shell-style patterns "
+                          "('deit_*'): dense/PPT pairs, measured pair by pair")
+    own.add_argument("--batch_size", nargs="+", type=int, default=[32], help="batch sizes to measure")
+    own.add_argument("--rounds", type=int, default=5, help="alternating rounds over the models")
+    own.add_argument("--iters", type=int, default=2, help="timed calls per model per round")
+    own.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+    own.add_argument("--isolate", action="store_true",
+                     help="each measurement in its own process: the peak memory is that model's own")
+    own.add_argument("--official_repo", default="",
+                     help="checkout of the official PyTorch PPT repository: time it too (implies --isolate)")
+    own.add_argument("--official_python", default="",
+                     help="Python with torch, torchvision and timm==0.4.12 that runs the official code")
+    own.add_argument("--train", action="store_true",
+                     help="also time the trainer's training step (fwd+bwd, loss scaling, clipping, AdamW, EMA)")
+    own.add_argument("--exported", action="store_true",
+                     help="also time each model exported as MINDIR (tools/export.py) beside its Cell")
+    own.add_argument("--json", default="", help="write the results as a JSON list")
+    own.add_argument("--markdown", default="", help="write the closing table (markdown, with command and machine)")
+    add_options(p.add_argument_group("model"), ("num_classes", "image_resize"))
+    add_options(p.add_argument_group("device"), ("device_target", "jit_level"))
+    add_options(p.add_argument_group("precision and training step (--train)"),
+                ("amp_level", "loss_scale_type", "clip_grad", "clip_value", "ema", "drop_path_rate"),
+                defaults={"loss_scale_type": "dynamic", "clip_grad": True, "clip_value": 1.0, "ema": True})
+    return p.parse_args(argv)
+
+
+def check_options(options):
+    """Raise ConfigError naming the first option of ``options`` (:func:`parse_options`) that cannot be
+    used, before any measurement; returns the measurement groups of :func:`select_models`."""
+    for name, values, least in (("--batch_size", options.batch_size, 1), ("--rounds", [options.rounds], 1),
+                                ("--iters", [options.iters], 1), ("--warmup", [options.warmup], 0),
+                                ("--num_classes", [options.num_classes], 1),
+                                ("--image_resize", [] if options.image_resize is None else [options.image_resize], 1)):
+        for value in values:
+            if value < least:
+                raise ConfigError(f"{name} {value}: expected an integer >= {least}")
+    if bool(options.official_repo) != bool(options.official_python):
+        raise ConfigError("--official_repo and --official_python go together (the official code runs under a "
+                          "Python with torch and timm==0.4.12)")
+    if options.official_repo:
+        if not os.path.isfile(os.path.join(options.official_repo, "ppt_deit.py")):
+            raise ConfigError(f"--official_repo {options.official_repo}: no ppt_deit.py there (expected a "
+                              "checkout of the official PPT repository)")
+        if shutil.which(options.official_python) is None:
+            raise ConfigError(f"--official_python {options.official_python}: not an executable (expected a "
+                              "Python with torch, torchvision and timm==0.4.12)")
+    for name, path in (("--json", options.json), ("--markdown", options.markdown)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if folder and not os.path.isdir(folder):
+            raise ConfigError(f"{name} {path}: the folder {folder} does not exist")
+    return select_models(options.models)
+
+
+def run_benchmark(options, command, out=print):
+    """The whole benchmark of ``tools/benchmark.py``'s ``options`` (:func:`parse_options`): the options
+    checked (:func:`check_options`), the device set up in GRAPH_MODE, then each group of
+    :func:`select_models` measured in this process or isolated (``options.isolate``, or
+    ``options.official_repo``) at every batch size and mode. Prints a line per measurement through ``out``,
+    writes ``options.json`` (the rows) and ``options.markdown`` (the report) when set, and returns
+    ``(rows, markdown report)``. ``command``: the command line the report quotes."""
+    groups = check_options(options)
+    device = setup_device(options.device_target, mode="graph", jit_level=options.jit_level or None)
     load_start = load_average()
     machine = (f"mindspore {ms.__version__}, device {device}, {os.cpu_count()} cpus ({cpu_name()}), "
                f"load average (1/5/15 min) at start {load_start}")
     out(machine)
     out(ROW_HEADER)
-    train_options = ("--loss_scale_type", args.loss_scale_type, "--clip_grad", str(args.clip_grad),
-                     "--ema", str(args.ema), "--drop_path_rate", str(args.drop_path_rate))
-    settings = {"image_size": args.image_size, "num_classes": args.num_classes, "amp_level": args.amp_level,
-                "train_options": train_options, "warmup": args.warmup, "rounds": args.rounds, "iters": args.iters}
-    official = (args.official_repo, args.official_python) if args.official_repo else None
-    isolate = args.isolate or official is not None
+    train_options = ("--loss_scale_type", options.loss_scale_type, "--clip_grad", str(options.clip_grad),
+                     "--clip_value", str(options.clip_value), "--ema", str(options.ema),
+                     "--drop_path_rate", str(options.drop_path_rate))
+    settings = {"image_size": options.image_resize, "num_classes": options.num_classes,
+                "amp_level": options.amp_level, "train_options": train_options, "warmup": options.warmup,
+                "rounds": options.rounds, "iters": options.iters, "jit_level": options.jit_level or ""}
+    official = (options.official_repo, options.official_python) if options.official_repo else None
+    isolate = options.isolate or official is not None
     results = []
-    modes = [False, True] if args.train else [False]
+    modes = [False, True] if options.train else [False]
     for group in groups:
         for train in modes:
-            for batch in args.batch_size:
+            for batch in options.batch_size:
                 if isolate:
                     rows = measure_alternating(
                         group, batch, train, settings, device, official,
-                        progress=lambda i, row: out(f"round {i + 1}/{args.rounds}: {format_row(row)}"))
+                        progress=lambda i, row: out(f"round {i + 1}/{options.rounds}: {format_row(row)}"))
                 else:
-                    variants = [False, True] if args.exported and not train else [False]
+                    variants = [False, True] if options.exported and not train else [False]
                     rows = measure_together([(name, exported) for name in group for exported in variants],
                                             batch, train, settings)
                 for row in rows:
                     out(format_row(row))
                 results.extend(rows)
     machine += f", at end {load_average()}"
-    how = (f"each measurement in its own process, alternated over {args.rounds} rounds (median img/s of the "
-           f"rounds, each the median of {args.iters} calls; peak = the process's resident maximum, compile "
+    how = (f"each measurement in its own process, alternated over {options.rounds} rounds (median img/s of the "
+           f"rounds, each the median of {options.iters} calls; peak = the process's resident maximum, compile "
            "included)" if isolate else
-           f"median of {args.rounds * args.iters} timed calls per model, models alternated in one process")
-    train_note = (f"; training step: loss scaling {args.loss_scale_type}, clip_grad {args.clip_grad}, "
-                  f"EMA {args.ema}, drop path {args.drop_path_rate}" if args.train else "")
-    report = (f"{datetime.date.today().isoformat()}: `{command}`\n\n{machine}; GRAPH_MODE, amp {args.amp_level}, "
-              f"random weights, {args.num_classes} classes, {how}{train_note}.\n\n{zoo_table(results)}")
+           f"median of {options.rounds * options.iters} timed calls per model, models alternated in one process")
+    clip = f"{options.clip_value:g}" if options.clip_grad else "off"
+    train_note = (f"; training step: loss scaling {options.loss_scale_type}, clipping {clip}, "
+                  f"EMA {options.ema}, drop path {options.drop_path_rate}" if options.train else "")
+    report = (f"{datetime.date.today().isoformat()}: `{command}`\n\n{machine}; GRAPH_MODE, amp "
+              f"{options.amp_level}, random weights, {options.num_classes} classes, {how}{train_note}.\n\n"
+              f"{zoo_table(results)}")
     if official is not None:
         versions = next((r["versions"] for r in results if r.get("framework") == "official"), "")
         report += f"\nAgainst the official PyTorch PPT ({versions}):\n\n{official_table(results)}"
+    if options.json:
+        atomic_write(options.json, json.dumps(results, indent=2))
+    if options.markdown:
+        atomic_write(options.markdown, report)
     return results, report

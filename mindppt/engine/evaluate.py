@@ -15,8 +15,7 @@ from mindppt.logger import Progress
 
 from .build import build_eval_model, create_eval_loader, describe_threshold
 
-__all__ = ["evaluate", "measure_throughput", "paired_throughput", "pad_batch", "format_metrics_table", "run_eval",
-           "METRIC_KEYS"]
+__all__ = ["evaluate", "pad_batch", "format_metrics_table", "run_eval", "METRIC_KEYS"]
 
 METRIC_KEYS = ("top1", "top5", "loss", "gmacs", "params_m", "img_per_s", "num_samples")
 
@@ -94,34 +93,6 @@ def evaluate(model, loader, *, batch_size, all_reduce=None, progress=None):
         "img_per_s": timed_images / timed_seconds if timed_seconds > 0 else float("nan"),
         "eval_time_s": elapsed,
     }
-
-
-def measure_throughput(model, *, batch_size, image_size, in_channels=3, repeats=10, warmup=2, seed=0):
-    """Median forward img/s of ``model`` (eval mode) on a fixed random batch, after ``warmup`` calls."""
-    model.set_train(False)
-    rng = np.random.default_rng(seed)
-    batch = ms.Tensor(rng.standard_normal((batch_size, in_channels, image_size, image_size)).astype(np.float32))
-    for _ in range(max(1, warmup)):
-        model(batch).asnumpy()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        model(batch).asnumpy()
-        times.append(time.perf_counter() - t0)
-    return batch_size / float(np.median(times))
-
-
-def paired_throughput(models, *, batch_size, image_size, in_channels=3, rounds=3, repeats=8):
-    """Median forward img/s of each model of ``{name: model}``, measured alternately (round robin, after a
-    warm-up) so that load from other processes hits all of them alike."""
-    samples = {name: [] for name in models}
-    options = dict(batch_size=batch_size, image_size=image_size, in_channels=in_channels)
-    for model in models.values():
-        measure_throughput(model, repeats=1, warmup=2, **options)
-    for _ in range(rounds):
-        for name, model in models.items():
-            samples[name].append(measure_throughput(model, repeats=repeats, warmup=1, **options))
-    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def _fmt(value, digits):

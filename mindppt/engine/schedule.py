@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["create_lr_schedule", "resolve_lr"]
+__all__ = ["create_lr_schedule", "resolve_lr", "recipe_lr_values"]
 
 
 def resolve_lr(args, device_num=1):
@@ -57,3 +57,12 @@ def create_lr_schedule(*, base_lr, min_lr, warmup_factor, warmup_epochs, epochs,
     if lr_epoch_stair:
         lr = np.repeat(lr[::steps_per_epoch], steps_per_epoch)
     return lr.astype(np.float32)
+
+
+def recipe_lr_values(args, steps_per_epoch=1, device_num=1):
+    """The per-step learning rates of the recipe ``args`` (:func:`create_lr_schedule` from its peak lr,
+    :func:`resolve_lr` for ``device_num`` devices, and its warmup and schedule) at ``steps_per_epoch``."""
+    return create_lr_schedule(base_lr=resolve_lr(args, device_num), min_lr=args.min_lr,
+                              warmup_factor=args.warmup_factor, warmup_epochs=args.warmup_epochs,
+                              epochs=args.epoch_size, steps_per_epoch=steps_per_epoch, scheduler=args.scheduler,
+                              decay_epochs=args.decay_epochs, lr_epoch_stair=args.lr_epoch_stair)

@@ -30,7 +30,8 @@ from mindppt.plots import tradeoff_figure
 
 from .analysis import collect_decisions
 from .build import build_eval_model, create_eval_loader
-from .evaluate import evaluate, paired_throughput
+from .evaluate import evaluate
+from .timing import paired_throughput
 
 __all__ = ["POLICIES", "FORCED_THRESHOLD", "COLUMNS", "IDENTITY_COLUMNS", "Setting", "expand_settings", "file_digest",
            "read_rows", "write_rows",

@@ -23,6 +23,7 @@ random draws of augmentations (crop, RandAugment, erasing, mixup) and of dropout
 generators are not part of a checkpoint; a resumed run with those is statistically, not bitwise,
 the same as an uninterrupted one. Without them (as in the tests) it ends with the same weights.
 """
+import collections
 import math
 import os
 import time
@@ -61,18 +62,32 @@ from .distillation import (
 from .ema import EMA
 from .evaluate import evaluate
 from .optim import create_optimizer
-from .schedule import create_lr_schedule, resolve_lr
+from .schedule import recipe_lr_values, resolve_lr
 from .train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
 
-__all__ = ["train", "build_train_step", "lr_schedule"]
+__all__ = ["train", "build_recipe_step", "build_train_step", "RecipeStep"]
+
+
+RecipeStep = collections.namedtuple("RecipeStep", "network lr_values step")
+
+
+def build_recipe_step(args, model, steps_per_epoch=1, group_size=1, teacher=None, amp_dtype=ms.float16):
+    """The trainer's training step of the recipe ``args`` for ``model`` (from :func:`.build.build_model`):
+    ``model`` under ``args.amp_level`` (in ``amp_dtype``), the recipe's per-step learning rates
+    (:func:`.schedule.recipe_lr_values` at ``steps_per_epoch``, the peak lr scaled to ``group_size``
+    devices) and :func:`build_train_step`. What :func:`train` runs, the benchmark times and the op-support
+    check compiles. Returns ``RecipeStep(network, lr_values, step)``; ``network`` is the model as trained
+    (apply_amp's wrapper at O2/O3)."""
+    network = apply_amp(model, args.amp_level, amp_dtype)
+    lr_values = recipe_lr_values(args, steps_per_epoch, group_size)
+    return RecipeStep(network, lr_values, build_train_step(network, args, lr_values, teacher))
 
 
 def build_train_step(model, args, lr_values, teacher=None):
     """The recipe's jitted training step: AdamW/SGD on ``lr_values``, loss scaling, clipping and EMA as
-    ``args`` says (also what tools/benchmark.py and the op-support check compile). ``model``: the model, or
-    apply_amp's wrapper of it. With ``distillation_type hard`` the loss is DeiT's hard distillation from
-    ``teacher`` (:func:`.distillation.build_teacher`, which is called here when ``teacher`` is None); the
-    optimizer and the EMA hold the student's parameters only."""
+    ``args`` says. ``model``: the model, or apply_amp's wrapper of it. With ``distillation_type hard`` the
+    loss is DeiT's hard distillation from ``teacher`` (:func:`.distillation.build_teacher`, which is called
+    here when ``teacher`` is None); the optimizer and the EMA hold the student's parameters only."""
     optimizer = create_optimizer(model.trainable_params(), opt=args.opt, lr=lr_values,
                                  weight_decay=args.weight_decay, weight_decay_filter=args.weight_decay_filter,
                                  betas=args.betas, eps=args.eps, momentum=args.momentum, nesterov=args.use_nesterov)
@@ -87,15 +102,6 @@ def build_train_step(model, args, lr_values, teacher=None):
     return TrainStep(network, optimizer, loss_scale_type=args.loss_scale_type, loss_scale=args.loss_scale,
                      clip_grad=args.clip_value if args.clip_grad else 0.0,
                      drop_overflow_update=args.drop_overflow_update, ema=ema)
-
-
-def lr_schedule(args, steps_per_epoch, group_size=1):
-    """``(peak lr, per-step lr values)`` of the recipe ``args``."""
-    base_lr = resolve_lr(args, group_size)
-    return base_lr, create_lr_schedule(
-        base_lr=base_lr, min_lr=args.min_lr, warmup_factor=args.warmup_factor, warmup_epochs=args.warmup_epochs,
-        epochs=args.epoch_size, steps_per_epoch=steps_per_epoch, scheduler=args.scheduler,
-        decay_epochs=args.decay_epochs, lr_epoch_stair=args.lr_epoch_stair)
 
 
 def _summary(args, state, elapsed, rank, group_size):
@@ -134,10 +140,9 @@ def train(args):
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
     clamps = describe_r_clamps(r_clamps(model))
     params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
-    model, eval_model = apply_amp(model, args.amp_level), apply_amp(eval_model, args.val_amp_level)
-
-    base_lr, lr_values = lr_schedule(args, steps_per_epoch, group_size)
-    train_step = build_train_step(model, args, lr_values, teacher)
+    eval_model = apply_amp(eval_model, args.val_amp_level)
+    model, lr_values, train_step = build_recipe_step(args, model, steps_per_epoch, group_size, teacher)
+    base_lr = resolve_lr(args, group_size)
     saved_state = checkpointed_state(train_step)  # the teacher is rebuilt from its checkpoint, never saved
     state = RunState(epoch_size=args.epoch_size, steps_per_epoch=steps_per_epoch,
                      images_per_step=args.batch_size * group_size, lr_values=lr_values)

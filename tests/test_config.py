@@ -12,6 +12,7 @@ from mindppt.config import (
     build_parser,
     default_config,
     load_config,
+    options_table,
     parse_args,
     save_config,
     str2bool,
@@ -340,3 +341,8 @@ def test_each_tools_help_lists_what_it_reads_and_nothing_else(tool, capsys):
         assert (f"--{name} " in out or f"--{name}\n" in out) == (name in reads), (tool, name)
     if tool == "eval":
         assert len(out.splitlines()) <= 60  # one screen
+
+
+def test_readme_has_the_configuration_table():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        assert options_table() in handle.read()  # regenerate the README table from config.options_table()

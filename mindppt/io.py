@@ -7,7 +7,10 @@ import tempfile
 
 import mindspore as ms
 
-__all__ = ["atomic_output", "atomic_write", "save_checkpoint_atomic", "link_or_copy", "PARTIAL_MARK"]
+from mindppt.errors import OutputError
+
+__all__ = ["atomic_output", "atomic_write", "save_checkpoint_atomic", "link_or_copy", "output_error",
+           "PARTIAL_MARK"]
 
 # Temporary names are hidden, next to the target: ".<name>.<random>.partial<suffix>".
 PARTIAL_MARK = ".partial"
@@ -67,6 +70,16 @@ def atomic_write(path, data):
         with open(tmp, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
+
+
+def output_error(path, err):
+    """The OutputError for ``err``, an OSError raised while writing ``path``: names ``path``, the cause and,
+    when it is a folder on the way to ``path`` (e.g. a file where a folder should be), that folder."""
+    root = err.__cause__ if isinstance(err.__cause__, OSError) else err  # save_checkpoint_atomic wraps it
+    path, where = os.fspath(path), ""
+    if root.filename and os.path.abspath(path).startswith(os.path.abspath(os.fspath(root.filename)) + os.sep):
+        where = f" ({root.filename})"
+    return OutputError(f"cannot write {path}: {root.strerror or root}{where}")
 
 
 def save_checkpoint_atomic(obj_or_param_list, path, append_dict=None):

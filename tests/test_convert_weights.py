@@ -1,9 +1,10 @@
-"""tools/convert_weights.py end to end: .pth, .safetensors and JAX .npz converted exactly (and the model
-inferred), an official-layout distilled DeiT .pth too, errors as one line with exit 2 and nothing written
-(naming the model the weights look like), the model inferred from the tensors' names and shapes, and the
+"""Weight conversion: tools/convert_weights.py end to end (.pth, .safetensors and JAX .npz converted exactly
+and the model inferred, an official-layout distilled DeiT .pth too, errors as one line with exit 2 and
+nothing written, naming the model the weights look like), mindppt.engine.convert.convert_weights called
+directly (its summary, a mismatch naming the fitting model, a destination that cannot be written), and the
 converted weights in the PPT models give the logits of the independent NumPy reference
-(tests/ppt_reference.py)."""
-import importlib.util
+(tests/ppt_reference.py). The recognition of the model from the tensors alone: tests/test_registry.py."""
+import os
 
 import mindspore as ms
 import numpy as np
@@ -21,13 +22,10 @@ from checkpoint_helpers import (
 from decision_checks import FP32_LOGIT_RTOL, FP32_SCORE_RTOL, FP32_SIM_ATOL, Run, compare_runs, probe
 from tool_helpers import CONVERT, ToolResult, assert_error, run_tool, start_tool
 
+from mindppt.engine.convert import convert_weights
+from mindppt.errors import CheckpointError, ConfigError, OutputError
 from mindppt.formats import read_state_dict
 from mindppt.models import create_model
-
-# the tool as a module, for infer_model_name and in-process runs of main() (no MindSpore start-up per case)
-_SPEC = importlib.util.spec_from_file_location("convert_weights_tool", CONVERT)
-convert_tool = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(convert_tool)
 
 TINY_DISTILLED = "deit_tiny_distilled_patch16_224"
 DISTILLED_CLASSES = 10
@@ -161,13 +159,6 @@ def test_converted_distilled_ppt_model_matches_reference(converted, distilled_st
     assert rel < FP32_LOGIT_RTOL, rel
 
 
-def run_main(capsys, *argv):
-    """tools/convert_weights.main in this process: (exit status, stdout, stderr)."""
-    status = convert_tool.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return ToolResult(("convert_weights",) + argv, status, captured.out, captured.err)
-
-
 @pytest.mark.parametrize("src, model, needles", [
     ("deit_tiny_distilled.pth", TINY,
      ("is a distilled DeiT", f"{TINY} has no distillation token", f"pass --model {TINY_DISTILLED}")),
@@ -177,54 +168,45 @@ def run_main(capsys, *argv):
      ("has no distillation token (dist_token, head_dist)", f"{TINY_DISTILLED} is a distilled DeiT",
       f"pass --model {TINY}")),
 ], ids=["distilled_into_plain", "distilled_into_ppt_plain", "plain_into_distilled"])
-def test_distilled_mismatch_is_one_line_naming_the_fitting_model(converted, tmp_path, capsys, src, model, needles):
+def test_distilled_mismatch_names_the_fitting_model(converted, tmp_path, src, model, needles):
     src, dst = converted["dir"] / src, tmp_path / "out.ckpt"
-    res = run_main(capsys, "--src", src, "--dst", dst, "--model", model)
-    assert_error(res, f"checkpoint {src}", *needles)
+    with pytest.raises(CheckpointError) as caught:
+        convert_weights(src, dst, model=model)
+    message = str(caught.value)
+    assert f"checkpoint {src}" in message and "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
     assert not dst.exists()
 
 
-# --------------------------------------------------------------------------------------------
-# The model inferred from names and shapes (no model built)
-# --------------------------------------------------------------------------------------------
-
-def shapes_state(dim, depth, positions, *extra):
-    """A state dict of zero-strided arrays with a ViT's inference-relevant names and shapes."""
-    shapes = {"cls_token": (1, 1, dim), "pos_embed": (1, positions, dim), "patch_embed.proj.weight": (dim, 3, 16, 16)}
-    shapes.update({f"blocks.{i}.norm1.weight": (dim,) for i in range(depth)})
-    shapes.update(extra)
-    return {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
-
-
-DIST = ("dist_token", (1, 1, 192))
-
-
-@pytest.mark.parametrize("state, name", [
-    (shapes_state(192, 12, 197), "deit_tiny_patch16_224"),
-    (shapes_state(384, 12, 197), "deit_small_patch16_224"),
-    (shapes_state(768, 12, 197), "deit_base_patch16_224"),
-    (shapes_state(192, 12, 198, DIST), "deit_tiny_distilled_patch16_224"),
-    (shapes_state(384, 12, 198, ("dist_token", (1, 1, 384))), "deit_small_distilled_patch16_224"),
-    (shapes_state(768, 12, 198, ("dist_token", (1, 1, 768))), "deit_base_distilled_patch16_224"),
-    (shapes_state(768, 12, 577), "deit_base_patch16_384"),
-    (shapes_state(384, 16, 197, ("patch_embed.conv1.weight", (64, 3, 7, 7)), ("aux_head.weight", (1000, 384))),
-     "lvvit_s"),
-    (shapes_state(384, 16, 197, ("patch_embed.conv.0.weight", (64, 3, 7, 7)), ("aux_head.weight", (1000, 384))),
-     "lvvit_s"),
-], ids=["tiny", "small", "base", "tiny_distilled", "small_distilled", "base_distilled", "base_384", "lvvit_s",
-        "lvvit_s_sequential_stem"])
-def test_infer_model_name(state, name):
-    assert convert_tool.infer_model_name(state)[0] == name
+def test_convert_weights_summary_and_dropped_head(converted, tiny_state, tmp_path):
+    src = converted["dir"] / "deit_tiny.pth"
+    summary = convert_weights(src, tmp_path / "tiny.ckpt")
+    assert summary["model"] == TINY and summary["inferred_from"] == "embed dim 192, depth 12"
+    assert summary["same_shapes"] == ["vit_tiny_patch16_224"] and summary["num_classes"] == 1000
+    assert summary["tensors"] == len(tiny_state) == len(summary["loaded"]) == 152
+    assert summary["not_loaded"] == [] and summary["dst"] == str(tmp_path / "tiny.ckpt")
+    assert summary["parameters"] == sum(int(np.prod(a.shape)) for a in tiny_state.values())
+    # named model, another class count: the head is dropped with a warning, the model keeps its own
+    with pytest.warns(UserWarning, match="classifier head has a different shape"):
+        summary = convert_weights(src, tmp_path / "tiny_5.ckpt", model=f"ppt_{TINY}", num_classes=5)
+    assert summary["inferred_from"] is None and summary["same_shapes"] == []
+    assert sorted(summary["not_loaded"]) == ["head.bias", "head.weight"] and len(summary["loaded"]) == 150
+    net = create_model(TINY, num_classes=5, checkpoint_path=str(tmp_path / "tiny_5.ckpt"))
+    np.testing.assert_array_equal(net.cls_token.asnumpy(), tiny_state["cls_token"])
 
 
-@pytest.mark.parametrize("state, needle", [
-    (shapes_state(768, 12, 578, ("dist_token", (1, 1, 768))), "578 position embeddings, a distillation token"),
-    (shapes_state(192, 12, 577), "embed dim 192, depth 12, 577 position embeddings"),
-    (shapes_state(256, 12, 197), "embed dim 256"),
-    (shapes_state(384, 12, 197, ("patch_embed.conv1.weight", (64, 3, 7, 7)), ("aux_head.weight", (1000, 384))),
-     "LV-ViT checkpoint of embed dim 384 and depth 12"),
-], ids=["distilled_384", "tiny_384", "other_width", "lvvit_depth_12"])
-def test_infer_model_name_refuses_unknown_shapes(state, needle):
-    with pytest.raises(convert_tool.UserError, match="pass --model") as caught:
-        convert_tool.infer_model_name(state)
-    assert needle in str(caught.value)
+def test_convert_weights_refuses_bad_arguments_before_writing(converted, tmp_path):
+    src = converted["dir"] / "deit_tiny.pth"
+    with pytest.raises(ConfigError, match="unknown model 'deit_tiny'; did you mean"):
+        convert_weights(src, tmp_path / "a.ckpt", model="deit_tiny")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(OutputError) as caught:
+        convert_weights(src, blocker / "out.ckpt")
+    assert str(caught.value) == f"cannot write {blocker / 'out.ckpt'}: File exists ({blocker})"
+    (tmp_path / "folder.ckpt").mkdir()
+    with pytest.raises(OutputError) as caught:
+        convert_weights(src, tmp_path / "folder.ckpt")
+    assert str(caught.value) == f"cannot write {tmp_path / 'folder.ckpt'}: Is a directory"
+    assert sorted(os.listdir(tmp_path)) == ["file", "folder.ckpt"] and not os.listdir(tmp_path / "folder.ckpt")

@@ -20,7 +20,7 @@ from mindspore.common import initializer
 from mindspore.ops import auto_generate
 from mindspore.ops.primitive import Primitive
 
-from mindppt.models import create_model, list_models
+from mindppt.models import create_model, get_pretrained_cfg, list_models
 from mindppt.models.flops import model_gmacs
 from mindppt.models.ppt import TokenCompression
 
@@ -160,6 +160,8 @@ def count_run(model, image):
 def test_gmacs_match_direct_count(name, pynative):
     model = create_model(name, num_classes=NUM_CLASSES)
     model.set_train(False)
+    # the registered preprocessing feeds this model's input size (checked here, where every model is built)
+    assert get_pretrained_cfg(name)["input_size"] == (3, model.img_size, model.img_size)
     image = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, model.img_size, model.img_size), np.float32))
     analytic = model_gmacs(model) * 1e9
     expected = expected_parts(model)

@@ -44,6 +44,7 @@ from mindppt.checks.op_support import (
     support_table,
 )
 from mindppt.engine.train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
+from mindppt.errors import OutputError
 from mindppt.models import fused_cpu
 from mindppt.models.vit import GELU
 
@@ -73,11 +74,7 @@ def graphs(cells):
 
 @pytest.fixture(scope="module")
 def rows(graphs):
-    union = {}
-    for (model, kind), prims in graphs.items():
-        for name, origins in prims.items():
-            union.setdefault(name, []).extend(f"[{model} {kind}] {o}" for o in origins)
-    return support_table(union)
+    return support_table(op_support.union_primitives(graphs))
 
 
 def test_train_graph_is_the_trainers_step(cells):
@@ -205,6 +202,28 @@ def test_docs_have_the_current_table(rows, repo_root):
     assert match.group(1).strip() == markdown_table(rows).strip(), (
         "the table of docs/ascend_gpu.md is stale: run `python tools/op_support.py --write-docs` (DeiT-S, 224 px); "
         "if it still differs, DeiT-Ti at 64 px (compiled here) no longer holds the same primitives")
+
+
+def test_report_writes_the_docs_table_between_the_markers(tmp_path):
+    """op_support_report (what tools/op_support.py prints and --write-docs writes) for the small digits PPT
+    model: the table of its graphs, no gap, and the table put between the markers of a docs file, the
+    text around them kept; a file without the markers is refused."""
+    docs = tmp_path / "docs.md"
+    docs.write_text(f"intro\n{op_support.DOCS_BEGIN}\nold table\n{op_support.DOCS_END}\noutro\n")
+    lines = []
+    report = op_support.op_support_report(["ppt_vit_digits_patch4_16"], img_size=16, amp_level="O0",
+                                          write_docs=str(docs), progress=lines.append)
+    assert lines == ["compiling ppt_vit_digits_patch4_16 eval (O0, 16 px)",
+                     "compiling ppt_vit_digits_patch4_16 train (O0, 16 px)"]
+    assert report["gaps"] == []
+    table = report["table"]
+    assert table.startswith("| primitive | Ascend | GPU | CPU |") and "| `TopK` | yes | yes | yes |" in table
+    assert docs.read_text() == f"intro\n{op_support.DOCS_BEGIN}\n{table}\n{op_support.DOCS_END}\noutro\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    with pytest.raises(OutputError, match="plain.md lacks the <!-- op-support:begin -->"):
+        op_support.write_docs_table(table, str(plain))
+    assert plain.read_text() == "no markers\n"
 
 
 # --------------------------------------------------------------------------------------------

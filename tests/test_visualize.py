@@ -1,10 +1,19 @@
 """Token-map pictures (mindppt.visualize): the owner map follows the source map, pooled groups share a
-colour, pruned patches are greyed out, and tools/visualize.py writes the figure."""
+colour, pruned patches are greyed out; mindppt.engine.visualize.draw_token_maps preprocesses by the model's
+own cfg and reports each compression block (GRAPH_MODE), refuses bad input with the error classes; and
+tools/visualize.py writes the figure."""
 import numpy as np
+import pytest
 from PIL import Image
 from tool_helpers import VISUALIZE, run_tool
 
+from mindppt.engine.predict import cfg_preprocess, preprocess_images
+from mindppt.engine.visualize import draw_token_maps, sample_images
+from mindppt.errors import ConfigError, DatasetError, OutputError
+from mindppt.models import get_pretrained_cfg
 from mindppt.visualize import draw_tokens, token_map
+
+DIGITS = "ppt_vit_digits_patch4_16"
 
 
 def test_token_map_marks_pooled_groups_and_pruned_patches():
@@ -48,3 +57,49 @@ def test_visualize_cli_writes_png(tmp_path):
         # 2 sample images in rows; the input and 3 token maps in columns, each 224 px x scale 2 (+4 px gaps,
         # 14 px captions)
         assert png.size == (4 * (2 * 224 + 4), 2 * (2 * 224 + 14 + 4)) and png.mode == "RGB"
+
+
+def test_preprocessing_follows_the_model_cfg():
+    """The digits cfg (16 px, bilinear, crop_pct 1.0, mean and std 127.5 pixel units) against PIL by hand:
+    short side to 16, centre crop, (x - 127.5) / 127.5."""
+    preprocess = cfg_preprocess(get_pretrained_cfg(DIGITS))
+    assert preprocess == {"image_size": 16, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [127.5] * 3,
+                          "std": [127.5] * 3}
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    (view,), (x,) = preprocess_images([image], preprocess)
+    resized = np.asarray(Image.fromarray(image).resize((21, 16), Image.BILINEAR))  # 40 x 30 -> 21 x 16
+    np.testing.assert_array_equal(view, resized[:, 2:18])
+    np.testing.assert_allclose(x, ((view - 127.5) / 127.5).transpose(2, 0, 1), atol=1e-6)
+    deit = cfg_preprocess(get_pretrained_cfg("deit_tiny_patch16_224"))
+    assert deit["crop_pct"] == 0.875 and deit["interpolation"] == "bicubic"
+    np.testing.assert_allclose(deit["mean"], [0.485, 0.456, 0.406])
+
+
+def test_draw_token_maps_reports_every_compression_block(tmp_path):
+    out = tmp_path / "maps" / "tokens.png"
+    result = draw_token_maps(DIGITS, out, threshold=1.0, scale=3)  # threshold 1: every image pools
+    assert result["out"] == str(out) and result["images"] == ["china.jpg", "flower.jpg"]
+    assert result["preprocess"] == cfg_preprocess(get_pretrained_cfg(DIGITS))
+    # the digits PPT model: r = 3 at blocks 1, 2, 3 (17 -> 14 -> 11 -> 8 tokens)
+    assert [(b["block"], b["tokens"], b["policies"]) for b in result["blocks"]] == [
+        (block, tokens, ["pool", "pool"]) for block, tokens in ((1, 14), (2, 11), (3, 8))]
+    assert all(b["variance"].shape == (2,) and (b["variance"] < 1.0).all() for b in result["blocks"])
+    with Image.open(out) as png:
+        assert png.size == (4 * (16 * 3 + 4), 2 * (16 * 3 + 14 + 4))
+    assert len(sample_images()[0]) == 2
+
+
+def test_draw_token_maps_refuses_bad_input(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped .*broken.png"), \
+            pytest.raises(DatasetError, match="no readable images in .*broken.png"):
+        draw_token_maps(DIGITS, tmp_path / "a.png", images=[broken])
+    with pytest.raises(ConfigError, match="model vit_digits_patch4_16 compresses no tokens"):
+        draw_token_maps("vit_digits_patch4_16", tmp_path / "b.png")
+    with pytest.raises(ConfigError, match="cannot build model 'ppt_vit_digits_patch4_16': .*threshold"):
+        draw_token_maps(DIGITS, tmp_path / "c.png", threshold=[1.0] * 5)  # 5 thresholds for 3 blocks
+    with pytest.raises(OutputError) as caught:
+        draw_token_maps(DIGITS, broken / "d.png")
+    assert str(caught.value) == f"cannot write {broken / 'd.png'}: File exists ({broken})"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png"]

@@ -11,51 +11,15 @@ and source line it comes from). See mindppt/checks/op_support.py.
 """
 import argparse
 import os
-import re
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
-from mindppt.checks.op_support import (  # noqa: E402
-    build_graph_cells,
-    collect_primitives,
-    describe,
-    markdown_table,
-    missing_platforms,
-    support_table,
-)
-from mindppt.device import DeviceUnavailableError, setup_device  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = os.path.join(ROOT, "docs", "ascend_gpu.md")
-BEGIN, END = "<!-- op-support:begin -->", "<!-- op-support:end -->"
-DEFAULT_MODELS = ("ppt_deit_small_patch16_224", "deit_small_patch16_224")
+from mindppt.checks.op_support import DEFAULT_MODELS, DOCS, describe, op_support_report  # noqa: E402
+from mindppt.engine.cli import run_tool  # noqa: E402
 
 
-def collect(models, img_size, amp_level):
-    union = {}
-    for model in models:
-        for kind, (cell, inputs) in build_graph_cells(model, img_size=img_size, batch_size=2,
-                                                      amp_level=amp_level).items():
-            print(f"compiling {model} {kind} ({amp_level}, {img_size} px)", file=sys.stderr)
-            for name, origins in collect_primitives(cell, *inputs).items():
-                union.setdefault(name, []).extend(f"[{model} {kind}] {o}" for o in origins)
-    return union
-
-
-def write_table(table, path):
-    """Replace the table between the op-support markers of ``path`` (which must have them)."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"error: {path} lacks the {BEGIN} / {END} markers")
-    block = f"{BEGIN}\n{table}\n{END}"
-    text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--img_size", type=int, default=224)
@@ -65,24 +29,21 @@ def main(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"),
                         help="backend to compile on (the front-end graph read here is the same, except for "
                              "the backend-specific overflow check of mindspore.amp.all_finite)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    try:
-        setup_device(args.device_target, mode="graph")
-    except DeviceUnavailableError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    rows = support_table(collect(args.models, args.img_size, args.amp_level))
-    table = markdown_table(rows)
-    print(table)
-    gaps = missing_platforms(rows)
-    for row in gaps:
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = op_support_report(args.models, img_size=args.img_size, amp_level=args.amp_level,
+                               device_target=args.device_target, write_docs=DOCS if args.write_docs else None,
+                               progress=lambda line: print(line, file=sys.stderr))
+    print(report["table"])
+    for row in report["gaps"]:
         print("NOT DOCUMENTED FOR ASCEND AND GPU: " + describe(row), file=sys.stderr)
     if args.write_docs:
-        write_table(table, DOCS)
-        print(f"{os.path.relpath(DOCS, ROOT)} updated", file=sys.stderr)
-    return 1 if gaps else 0
+        print(f"{DOCS} updated", file=sys.stderr)
+    return 1 if report["gaps"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

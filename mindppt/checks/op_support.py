@@ -18,8 +18,8 @@ built (CPU: ``IsFinite``/``ReduceAll``/``AddN``/``LessScalar``; GPU: ``FloatStat
 ``NPUGetFloatStatusV2``/``NPUClearFloatStatusV2`` or ``AllFinite``), so compiled here the table holds its CPU
 form; the public ``all_finite`` is documented for Ascend, GPU and CPU.
 
-Used by ``tests/test_op_support.py`` and ``tools/op_support.py`` (which writes the table of
-docs/ascend_gpu.md).
+Used by ``tests/test_op_support.py`` and, through :func:`op_support_report`, ``tools/op_support.py`` (which
+writes the table of docs/ascend_gpu.md).
 """
 import glob
 import os
@@ -32,14 +32,21 @@ import numpy as np
 import yaml
 from mindspore import ops
 
+from mindppt.device import setup_device
 from mindppt.engine.build import build_model
 from mindppt.engine.cli import parse_cli
 from mindppt.engine.trainer import build_recipe_step
+from mindppt.errors import OutputError
+from mindppt.io import atomic_write
 from mindppt.models import fused_cpu
 from mindppt.models.amp import apply_amp
 
 PLATFORMS = ("Ascend", "GPU", "CPU")
 EXTRA_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "op_support_extra.yaml")
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                    "ascend_gpu.md")
+DOCS_BEGIN, DOCS_END = "<!-- op-support:begin -->", "<!-- op-support:end -->"
+DEFAULT_MODELS = ("ppt_deit_small_patch16_224", "deit_small_patch16_224")
 BASES = ("documented", "virtual", "control_flow", "gradient")
 
 _NODE = re.compile(r"^\s*%\d+\([^)]*\) = (?:PrimFunc_)?([A-Za-z_][A-Za-z0-9_]*)\(")
@@ -287,3 +294,56 @@ def markdown_table(rows):
         marks = ["yes" if platforms and p in platforms else "**no**" for p in PLATFORMS]
         out.append(f"| `{name}` | {' | '.join(marks)} | {source} |")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The report of tools/op_support.py
+# --------------------------------------------------------------------------------------------
+
+def union_primitives(graphs):
+    """``{primitive: origins}`` over ``graphs`` (``{(model, kind): collect_primitives(...)}``), each origin
+    prefixed with ``[model kind]``."""
+    union = {}
+    for (model, kind), primitives in graphs.items():
+        for name, origins in primitives.items():
+            union.setdefault(name, []).extend(f"[{model} {kind}] {o}" for o in origins)
+    return union
+
+
+def collect_graphs(models, *, img_size=224, amp_level="O2", progress=None):
+    """:func:`collect_primitives` of the evaluation and training graphs of every model in ``models``, as
+    ``{(model, kind): primitives}``. ``progress``: called with a line before each compilation."""
+    graphs = {}
+    for model in models:
+        for kind, (cell, inputs) in build_graph_cells(model, img_size=img_size, batch_size=2,
+                                                      amp_level=amp_level).items():
+            if progress is not None:
+                progress(f"compiling {model} {kind} ({amp_level}, {img_size} px)")
+            graphs[(model, kind)] = collect_primitives(cell, *inputs)
+    return graphs
+
+
+def write_docs_table(table, path=DOCS):
+    """Replace the table between the op-support markers of ``path`` (OutputError when it lacks them)."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise OutputError(f"{path} lacks the {DOCS_BEGIN} / {DOCS_END} markers: nowhere to put the table")
+    block = f"{DOCS_BEGIN}\n{table}\n{DOCS_END}"
+    text = re.sub(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), lambda _: block, text, flags=re.S)
+    atomic_write(path, text)
+
+
+def op_support_report(models=DEFAULT_MODELS, *, img_size=224, amp_level="O2", device_target="CPU",
+                      write_docs=None, progress=None):
+    """Compile the graphs of ``models`` on ``device_target`` (graph mode) and return ``{"table"`` (markdown),
+    ``"gaps"`` (rows not documented for Ascend and GPU, see :func:`describe`)``}``; ``write_docs``: a
+    markdown file whose op-support table is replaced by this one (:func:`write_docs_table`). Raises
+    DeviceUnavailableError for a backend this MindSpore cannot load."""
+    setup_device(device_target, mode="graph")
+    graphs = collect_graphs(models, img_size=img_size, amp_level=amp_level, progress=progress)
+    rows = support_table(union_primitives(graphs))
+    table = markdown_table(rows)
+    if write_docs:
+        write_docs_table(table, write_docs)
+    return {"table": table, "gaps": missing_platforms(rows)}

@@ -20,7 +20,7 @@ from mindppt.models import inspect_compression
 from mindppt.models.amp import apply_amp
 from mindppt.visualize import compression_figure
 
-__all__ = ["list_images", "load_images", "Predictor", "top_k", "predict_files"]
+__all__ = ["list_images", "cfg_preprocess", "preprocess_images", "load_images", "Predictor", "top_k", "predict_files"]
 
 
 def list_images(paths):
@@ -39,21 +39,23 @@ def list_images(paths):
     return files
 
 
-def load_images(files, preprocess):
-    """``(views, inputs, good_files)``: the centre crops (uint8 HWC, for drawing) and the model inputs
-    (float32 CHW) of the readable ``files``, by the evaluation transforms of ``preprocess`` (image_size,
-    crop_pct, interpolation, mean, std). Unreadable files are skipped with a DatasetWarning each."""
+def cfg_preprocess(cfg):
+    """The ``preprocess`` of :func:`load_images` from a model's cfg (``model.default_cfg``, mean and std in
+    pixel units 0-255): its evaluation preprocessing."""
+    return {"image_size": cfg["input_size"][-1], "crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"],
+            "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
+
+def preprocess_images(images, preprocess):
+    """``(views, inputs)``: the centre crops (uint8 HWC, for drawing) and the model inputs (float32 CHW) of
+    RGB uint8 HWC ``images`` (any iterable), by the evaluation transforms of ``preprocess`` (image_size, crop_pct,
+    interpolation, mean, std in [0, 1] units)."""
     ops = create_transforms(False, image_size=preprocess["image_size"], crop_pct=preprocess["crop_pct"],
                             interpolation=preprocess["interpolation"], mean=preprocess["mean"],
                             std=preprocess["std"])
     crop, to_input = ops[:-2], ops[-2:]  # ToPIL, Resize, CenterCrop | Normalize, HWC2CHW
-    views, inputs, good = [], [], []
-    for path in files:
-        try:
-            image = load_rgb(path)
-        except Exception as e:  # PIL raises many types on bad data, as in the data pipeline
-            warnings.warn(f"skipped {path}: cannot decode ({type(e).__name__}: {e})", DatasetWarning)
-            continue
+    views, inputs = [], []
+    for image in images:
         for op in crop:
             image = op(image)
         view = np.asarray(image)
@@ -62,7 +64,25 @@ def load_images(files, preprocess):
             x = op(x)
         views.append(view)
         inputs.append(np.asarray(x, np.float32))
-        good.append(path)
+    return views, inputs
+
+
+def load_images(files, preprocess):
+    """``(views, inputs, good_files)``: :func:`preprocess_images` of the readable ``files``, decoded one at a
+    time. Unreadable files are skipped with a DatasetWarning each."""
+    good = []
+
+    def readable():
+        for path in files:
+            try:
+                image = load_rgb(path)
+            except Exception as e:  # PIL raises many types on bad data, as in the data pipeline
+                warnings.warn(f"skipped {path}: cannot decode ({type(e).__name__}: {e})", DatasetWarning)
+                continue
+            good.append(path)
+            yield image
+
+    views, inputs = preprocess_images(readable(), preprocess)
     return views, inputs, good
 
 

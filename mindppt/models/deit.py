@@ -1,7 +1,15 @@
 """Registered DeiT variants: dense ``deit_*`` and PPT ``ppt_deit_*`` (paper defaults), distilled DeiT
 (``deit_*_distilled_patch16_224``: class and distillation tokens, two heads averaged), DeiT-B at 384 px,
-plus the small ViTs of the digits demo. Any PPT keyword works on either name (``r_tokens=0`` is dense)."""
-from .registry import register_model
+plus the small ViTs of the digits demo. Any PPT keyword works on either name (``r_tokens=0`` is dense).
+
+``default_cfgs``: each model's preprocessing (:mod:`.registry`; mean and std in pixel units 0-255). DeiT's
+is the official DeiT evaluation (facebookresearch/deit ``build_transform``: bicubic resize of the short side
+to ``224 / 0.875 = 256``, centre crop 224, ImageNet mean and std). At 384 px the crop is timm's
+(``deit_base_patch16_384``: ``crop_pct`` 1.0); DeiT's own script keeps 0.875 at every size. The digits
+ViTs take the demo's pipeline (configs/demo_digits.yaml: 16 px, bilinear, no crop margin, mean and std
+0.5).
+"""
+from .registry import IMAGENET_MEAN_255, IMAGENET_STD_255, make_cfg, register_model
 from .vit import VisionTransformer
 
 PPT_DEFAULTS = dict(r_tokens=50, pp_loc_list=(3, 6, 9), threshold=7e-5, prop_attn=True)
@@ -10,6 +18,38 @@ DEIT_SIZES = {
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
 }
+
+DISTILLED_CLASSIFIER = ("head", "head_dist")
+
+
+def _cfg(**kwargs):
+    """DeiT's evaluation preprocessing; ``kwargs`` override it."""
+    cfg = dict(image_size=224, interpolation="bicubic", crop_pct=0.875, mean=IMAGENET_MEAN_255,
+               std=IMAGENET_STD_255)
+    cfg.update(kwargs)
+    return make_cfg(**cfg)
+
+
+def with_ppt_names(cfgs):
+    """``cfgs`` plus the same cfg under each ``ppt_`` name: PPT changes no preprocessing."""
+    return dict(cfgs, **{f"ppt_{name}": cfg for name, cfg in cfgs.items()})
+
+
+# The digits demo's pipeline (configs/demo_digits.yaml, mindppt/data/digits.py): 16 px scans, bilinear,
+# no crop margin, mean and std 0.5.
+DIGITS_CFG = make_cfg(image_size=16, interpolation="bilinear", crop_pct=1.0, mean=(127.5,) * 3, std=(127.5,) * 3,
+                      num_classes=10)
+
+default_cfgs = with_ppt_names({
+    "deit_tiny_patch16_224": _cfg(),
+    "deit_small_patch16_224": _cfg(),
+    "deit_base_patch16_224": _cfg(),
+    "deit_tiny_distilled_patch16_224": _cfg(classifier=DISTILLED_CLASSIFIER),
+    "deit_small_distilled_patch16_224": _cfg(classifier=DISTILLED_CLASSIFIER),
+    "deit_base_distilled_patch16_224": _cfg(classifier=DISTILLED_CLASSIFIER),
+    "deit_base_patch16_384": _cfg(image_size=384, crop_pct=1.0),
+    "vit_digits_patch4_16": DIGITS_CFG,
+})
 
 
 def build_vit(arch, ppt, **kwargs):

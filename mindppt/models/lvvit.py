@@ -18,12 +18,15 @@ tokens are size-weighted means, pruned tokens are gone), in the same graph for e
 Not provided: the token-labelling training objective (dense per-token targets and MixToken). In
 training mode the model returns the same combined logits as at inference, so fine-tuning uses the
 class-level loss only.
+
+``default_cfgs``: the official evaluation (TokenLabeling's ``default_cfgs['LV_ViT']``): 224 px, bicubic,
+``crop_pct`` 0.9, ImageNet mean and std (pixel units 0-255 here, see :mod:`.registry`).
 """
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, Zero, initializer
 
-from .deit import PPT_DEFAULTS
-from .registry import register_model
+from .deit import PPT_DEFAULTS, with_ppt_names
+from .registry import IMAGENET_MEAN_255, IMAGENET_STD_255, make_cfg, register_model
 from .vit import VisionTransformer
 
 STEM_CHANNELS = 64
@@ -33,6 +36,11 @@ LVVIT_S = dict(embed_dim=384, depth=16, num_heads=6)
 # PPT's LV-ViT-S setting (see configs/ppt_lvvit_s.yaml): r = 50 at blocks 4, 8, 12 (DynamicViT's LV-ViT-S
 # pruning locations): 197 -> 147 -> 97 -> 49 tokens, 4.60 GMACs against 6.55 dense.
 LVVIT_PPT = dict(PPT_DEFAULTS, pp_loc_list=(4, 8, 12))
+
+default_cfgs = with_ppt_names({
+    "lvvit_s": make_cfg(image_size=224, interpolation="bicubic", crop_pct=0.9, mean=IMAGENET_MEAN_255,
+                        std=IMAGENET_STD_255, first_conv="patch_embed.conv1", classifier=("head", "aux_head")),
+})
 
 
 def _conv(in_channels, out_channels, kernel, stride, padding, has_bias):

@@ -26,8 +26,8 @@ from tool_helpers import (
     write_config,
 )
 
-from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.engine.checkpointing import load_train_state, restore_train_state, save_train_state
+from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.engine.distillation import (
     TEACHER_PREFIX,
     DistillationNetWithLoss,
@@ -301,7 +301,8 @@ def runs(tmp_path_factory):
     train = start_tool(TRAIN, "-c", config, out=out)
     results = {name: _finish(proc, out=None) for name, proc in errors.items()}
     results["train"] = _finish(train, out)
-    results["resume"] = _finish(start_tool(TRAIN, "-c", config, "--ckpt_path", os.path.join(out, "last.ckpt"), "--resume_opt", "true", out=out),
+    results["resume"] = _finish(start_tool(TRAIN, "-c", config, "--ckpt_path", os.path.join(out, "last.ckpt"),
+                                "--resume_opt", "true", out=out),
                                 out)
     return results, teacher, teacher_path, out
 

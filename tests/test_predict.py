@@ -9,9 +9,9 @@ import pytest
 from deploy_helpers import EXPORT, PREDICT, make_setup
 from tool_helpers import assert_error, run_tool
 
-from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.data.class_names import IMAGENET_CLASSES_FILE, resolve_class_names
 from mindppt.engine.build import build_eval_model, create_eval_loader
+from mindppt.engine.cli import parse_cli as parse_args
 from mindppt.errors import ConfigError
 
 

@@ -329,7 +329,8 @@ def job_kill9(jobs):
     killed = run_and_signal(_cfg(jobs), out, "epoch 2/2 step 1/4", signal.SIGKILL)
     files = {f: ckpt_meta(os.path.join(out, f)) for f in checkpoint_files(out)}  # each must load
     partial = partial_files(out)
-    resumed = run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(out, "last.ckpt"), "--resume_opt", "true", out=out)
+    resumed = run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(out, "last.ckpt"),
+                  "--resume_opt", "true", out=out)
     return killed, files, partial, resumed
 
 
@@ -343,7 +344,8 @@ def job_kill_in_save(jobs):
                  env={"FAIL_AT": "2", "FAULT": "kill"})
     files = {f: ckpt_meta(os.path.join(out, f)) for f in checkpoint_files(out)}
     partial = partial_files(out)
-    again = run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(out, "last.ckpt"), "--resume_opt", "true", "--epoch_size", "1", out=out)
+    again = run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(out, "last.ckpt"),
+                "--resume_opt", "true", "--epoch_size", "1", out=out)
     return killed, files, partial, again
 
 
@@ -355,7 +357,8 @@ def job_disk_full(jobs):
 def job_nonfinite(jobs):
     """Resume the straight run's epoch-1 checkpoint with a learning rate that makes the weights explode."""
     straight = jobs.get("straight")
-    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(straight.out, "epoch_0001.ckpt"), "--resume_opt", "true",
+    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", os.path.join(straight.out, "epoch_0001.ckpt"),
+               "--resume_opt", "true",
                "--lr", "1e30", "--warmup_epochs", "0", out=jobs.path("nonfinite"))
 
 
@@ -392,7 +395,8 @@ def job_wrong_model_eval(jobs):
 
 def job_wrong_model_resume(jobs):
     first = os.path.join(jobs.get("straight").out, "epoch_0001.ckpt")
-    return run(TRAIN, "-c", _cfg(jobs), "--model", "ppt_vit_digits_patch4_16", "--ckpt_path", first, "--resume_opt", "true",
+    return run(TRAIN, "-c", _cfg(jobs), "--model", "ppt_vit_digits_patch4_16", "--ckpt_path", first,
+               "--resume_opt", "true",
                out=jobs.path("wrong_model_resume"))
 
 
@@ -416,7 +420,8 @@ def job_truncated_eval(jobs):
 
 
 def job_truncated_resume(jobs):
-    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", _truncated_ckpt(jobs), "--resume_opt", "true", out=jobs.path("truncated_resume"))
+    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", _truncated_ckpt(jobs),
+               "--resume_opt", "true", out=jobs.path("truncated_resume"))
 
 
 # --- checkpoints that need no training run
@@ -443,7 +448,8 @@ def job_evil_eval(jobs):
 
 
 def job_resume_missing(jobs):
-    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", jobs.path("no_such", "last.ckpt"), "--resume_opt", "true", out=jobs.path("rm"))
+    return run(TRAIN, "-c", _cfg(jobs), "--ckpt_path", jobs.path("no_such", "last.ckpt"),
+               "--resume_opt", "true", out=jobs.path("rm"))
 
 
 def job_eval_missing_ckpt(jobs):

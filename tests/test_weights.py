@@ -152,8 +152,8 @@ def _write_train_checkpoint(path, *, ema):
     """A training checkpoint as the trainer writes it (the recipe's training step, saved with the run
     counters) of the digits PPT model trained at threshold 0.5. With ``ema`` the averages are set apart
     from the weights (+1), so a loader that mixes them up is caught. Returns (weights, averages)."""
-    from mindppt.engine.cli import parse_cli as parse_args
     from mindppt.engine.checkpointing import RunState, save_train_state
+    from mindppt.engine.cli import parse_cli as parse_args
     from mindppt.engine.trainer import build_train_step
 
     model = create_model(DIGITS, num_classes=3, threshold=0.5)

@@ -275,9 +275,19 @@ def tools_reading(name):
     return [tool for tool in TOOLS if name in tool_options(tool)]
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One line per option where the terminal allows: a short metavar, the default in brackets when set."""
+
     def __init__(self, prog):
-        super().__init__(prog, max_help_position=30, width=min(110, shutil.get_terminal_size().columns))
+        width = min(120, max(100, shutil.get_terminal_size().columns))  # a one-screen --help, also in a pipe
+        super().__init__(prog, max_help_position=38, width=width)
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default in (None, "", argparse.SUPPRESS) or not action.option_strings or action.dest == "help":
+            return action.help
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{action.help} [{shown}]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -287,10 +297,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _add(group, option):
+def _metavar(option):
     choices = getattr(option.type, "choices", None)
-    kwargs = dict(type=option.type, default=option.default, help=option.help,
-                  metavar="{" + ",".join(choices) + "}" if choices else None)
+    if choices and len(",".join(choices)) <= 24:
+        return "{" + ",".join(choices) + "}"
+    return option.name.rsplit("_", 1)[-1].upper()
+
+
+def _add(group, option):
+    kwargs = dict(type=option.type, default=option.default, help=option.help, metavar=_metavar(option))
     if option.type is str2bool:
         kwargs.update(nargs="?", const=True, metavar="BOOL")
     group.add_argument(f"--{option.name}", **kwargs)
@@ -299,7 +314,8 @@ def _add(group, option):
 def tool_parser(prog, description=None):
     """An empty parser for a tool with its own options (raises ConfigError on a usage error); shared
     options go in with :func:`add_options`."""
-    return _Parser(prog=prog, description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+    return _Parser(prog=prog, description=description, formatter_class=_HelpFormatter, allow_abbrev=False,
+                   usage=f"{prog} [-h] [-c CONFIG] [--option VALUE ...]")
 
 
 def add_options(group, names, defaults=None):

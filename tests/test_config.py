@@ -178,7 +178,7 @@ def test_config_file_errors(tmp_path):
         load_config(write(tmp_path, "batch_size: 64\n  lr: 1.0\n", "indent.yaml"))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- batch_size\n- 64\n", "list.yaml"))
-    with pytest.raises(ConfigError, match="duplicate key 'lr'.*line 3"):
+    with pytest.raises(ConfigError, match="line 3.*duplicate key 'lr'"):
         load_config(write(tmp_path, "lr: 1.0e-3\nbatch_size: 8\nlr: 1.0e-4\n", "dup.yaml"))
     with pytest.raises(ConfigError, match="'config' cannot be set"):
         validate_config({"config": "other.yaml"})

@@ -61,17 +61,18 @@ class Option:
 
 
 def _re_value(value):
-    """mindcv's ``re_value``: a number, three numbers (per channel) or 'random' (per-pixel noise)."""
+    """mindcv's ``re_value`` (MindSpore's RandomErasing value): an int, three ints (per channel) or 'random'
+    (per-pixel noise)."""
     if isinstance(value, str) and value.strip().lower() == "random":
         return "random"
     try:
-        return float_type()(value)
+        return int_type()(value)
     except argparse.ArgumentTypeError:
         pass
     try:
-        return list_of(float_type(), length=3)(value)
+        return list_of(int_type(), length=3)(value)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'random', a number or three numbers, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected 'random', an int or three ints, got {value!r}") from None
 
 
 _O = Option
@@ -155,7 +156,7 @@ GROUPS = {
         _O("re_prob", _PROB, 0.25, "random erasing probability"),
         _O("re_scale", _RANGE, [0.02, 0.3333333333333333], "random erasing area range"),
         _O("re_ratio", _RANGE, [0.3, 3.3], "random erasing aspect range"),
-        _O("re_value", _re_value, "random", "erased pixels: random (noise), a number or three"),
+        _O("re_value", _re_value, "random", "erased pixels: random (noise), an int or three"),
         _O("re_max_attempts", int_type(lo=1), 10, "random erasing attempts"),
         _O("mixup", float_type(lo=0.0), 0.8, "mixup alpha (0 = off)"),
         _O("cutmix", float_type(lo=0.0), 1.0, "cutmix alpha (0 = off)"),

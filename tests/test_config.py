@@ -153,7 +153,7 @@ def test_wrong_type_in_yaml_names_key_value_and_type(tmp_path):
     ("distillation_type: soft\n", "none, hard"),
     ("scheduler: cosine\n", "cosine_decay"),
     ("weight_decay_filter: true\n", "norm_and_bias"),
-    ("re_value: blue\n", "'random', a number"),
+    ("re_value: blue\n", "'random', an int"),
     ("dataset_sink_mode: sometimes\n", "boolean"),  # mindcv keys are type-checked too
 ])
 def test_wrong_values_in_yaml(tmp_path, text, expected):

@@ -218,7 +218,7 @@ def create_transforms(
             raise ValueError(f"re_prob must be a probability, got {re_prob!r}")
         # defaults as timm's: scale (0.02, 1/3), aspect ratio (0.3, 3.3), "random" = per-pixel N(0, 1) noise
         value = re_value if isinstance(re_value, str) else (
-            tuple(float(v) for v in re_value) if isinstance(re_value, (list, tuple)) else float(re_value))
+            tuple(int(v) for v in re_value) if isinstance(re_value, (list, tuple)) else int(re_value))
         ops.append(vision.RandomErasing(prob=float(re_prob), scale=tuple(re_scale), ratio=tuple(re_ratio),
                                         value=value, max_attempts=int(re_max_attempts)))
     return ops

@@ -167,8 +167,8 @@ def test_eval_transform_deterministic_and_matches_pil():
     # reference: PIL bicubic resize of the shorter side to int(32 / 0.875) = 36, centre crop, normalise
     ref = Image.fromarray(image).resize((48, 36), Image.BICUBIC)
     left, top = int(round((48 - 32) / 2)), int(round((36 - 32) / 2))
-    ref = np.asarray(ref.crop((left, top, left + 32, top + 32)), np.float32) / 255.0
-    ref = ((ref - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD).transpose(2, 0, 1)
+    ref = np.asarray(ref.crop((left, top, left + 32, top + 32)), np.float32)
+    ref = ((ref - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD).transpose(2, 0, 1)  # pixel-unit mean and std
     np.testing.assert_allclose(out1, ref, atol=1e-4)
 
 

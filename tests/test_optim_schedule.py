@@ -241,8 +241,9 @@ def test_bad_arguments():
 def test_recipe_lr_values_scale_the_peak_to_the_global_batch():
     """A recipe's table (what the trainer and the benchmark's training step use): the peak lr of
     lr_per_512 scaled to batch_size x devices, the recipe's warmup and schedule, per step."""
-    recipe = SimpleNamespace(lr=None, lr_per_512=5e-4, batch_size=64, min_lr=1e-5, warmup_lr=1e-6,
-                             warmup_epochs=1, epoch_size=4, scheduler="cosine")
+    recipe = SimpleNamespace(lr=None, lr_per_512=5e-4, batch_size=64, min_lr=1e-5, warmup_factor=1e-6 / 1.25e-4,
+                             warmup_epochs=1, epoch_size=4, scheduler="cosine_decay", decay_epochs=None,
+                             lr_epoch_stair=False)
     lr = recipe_lr_values(recipe, steps_per_epoch=3, device_num=2)
     assert lr.shape == (12,) and lr[0] == pytest.approx(1e-6)
     assert lr[3] == pytest.approx(5e-4 * 64 * 2 / 512) == lr.max()  # first step after warmup: the peak

@@ -72,7 +72,7 @@ def test_preprocessing_follows_the_model_cfg():
     np.testing.assert_allclose(x, ((view - 127.5) / 127.5).transpose(2, 0, 1), atol=1e-6)
     deit = cfg_preprocess(get_pretrained_cfg("deit_tiny_patch16_224"))
     assert deit["crop_pct"] == 0.875 and deit["interpolation"] == "bicubic"
-    np.testing.assert_allclose(deit["mean"], [0.485, 0.456, 0.406])
+    np.testing.assert_allclose(deit["mean"], [123.675, 116.28, 103.53])  # pixel units
 
 
 def test_draw_token_maps_reports_every_compression_block(tmp_path):

@@ -312,11 +312,11 @@ def _add(group, option):
     group.add_argument(f"--{option.name}", **kwargs)
 
 
-def tool_parser(prog, description=None):
+def tool_parser(prog, description=None, usage=None):
     """An empty parser for a tool with its own options (raises ConfigError on a usage error); shared
     options go in with :func:`add_options`."""
     return _Parser(prog=prog, description=description, formatter_class=_HelpFormatter, allow_abbrev=False,
-                   usage=f"{prog} [-h] [-c CONFIG] [--option VALUE ...]")
+                   usage=usage)
 
 
 def add_options(group, names, defaults=None):
@@ -334,7 +334,8 @@ def build_parser(tool="train", description=None, add_tool_options=None):
     (``add_tool_options(group)``) and the configuration options it reads, in mindcv-like groups."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}; expected one of {', '.join(TOOLS)}")
-    parser = tool_parser(f"tools/{tool}.py", description)
+    prog = f"tools/{tool}.py"
+    parser = tool_parser(prog, description, usage=f"{prog} [-h] [-c CONFIG] [--option VALUE ...]")
     parser.add_argument("-c", "--config", type=str, default=None, help="YAML recipe (option: value) as defaults")
     if add_tool_options is not None:
         add_tool_options(parser.add_argument_group(f"{tool}"))

@@ -46,7 +46,7 @@ def test_token_map_skips_the_distillation_token_column():
 
 def test_visualize_cli_writes_png(tmp_path):
     out = tmp_path / "tokens.png"
-    result = run_tool(VISUALIZE, "--model", "ppt_deit_tiny_patch16_224", "--threshold", "1e-4", "--out", out,
+    result = run_tool(VISUALIZE, "--model", "ppt_deit_tiny_patch16_224", "--eval_threshold", "1e-4", "--out", out,
                       timeout=600)
     assert result.returncode == 0, result
     assert f"wrote {out}" in result.stdout

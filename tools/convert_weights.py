@@ -15,25 +15,24 @@ vit_{tiny,small,base}_patch16_224 for them. Without --num_classes, the checkpoin
 different --num_classes drops the head with a warning. When the weights do not fit --model, the error names
 the model they look like. See mindppt/engine/convert.py.
 """
-import argparse
 import os
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
+from mindppt.config import add_options, tool_parser  # noqa: E402
 from mindppt.engine.cli import run_tool  # noqa: E402
 from mindppt.engine.convert import convert_weights  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--src", required=True, help="input checkpoint (.pth/.pt/.bin, .safetensors, .npz, .ckpt)")
-    p.add_argument("--dst", required=True, help="output MindSpore checkpoint (.ckpt)")
-    p.add_argument("--model", default=None, help="registered model name to validate against "
-                                                 "(default: inferred, see below)")
-    p.add_argument("--num_classes", type=int, default=None,
-                   help="classes of the model (default: the checkpoint's head size, else 1000)")
+    p = tool_parser("tools/convert_weights.py", __doc__)
+    own = p.add_argument_group("convert_weights")
+    own.add_argument("--src", required=True, help="input checkpoint (.pth/.pt/.bin, .safetensors, .npz, .ckpt)")
+    own.add_argument("--dst", required=True, help="output MindSpore checkpoint (.ckpt)")
+    # the shared model options; unset: inferred from the weights (the model, the head size)
+    add_options(p.add_argument_group("model (default: inferred from the weights)"), ("model", "num_classes"),
+                defaults={"model": None, "num_classes": None})
     return p.parse_args(argv)
 
 

@@ -5,7 +5,6 @@
 Without --images it uses scikit-learn's two sample photos. The images are preprocessed as the model's
 evaluation does (its default cfg: size, interpolation, crop_pct, mean, std). See mindppt/engine/visualize.py.
 """
-import argparse
 import os
 import sys
 
@@ -13,29 +12,27 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_
 
 import numpy as np  # noqa: E402
 
+from mindppt.config import add_options, tool_parser  # noqa: E402
 from mindppt.engine.cli import run_tool  # noqa: E402
 from mindppt.engine.visualize import draw_token_maps  # noqa: E402
-from mindppt.option_types import float_or_list  # noqa: E402
+from mindppt.option_types import int_type  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="ppt_deit_small_patch16_224")
-    p.add_argument("--ckpt_path", default="", help="weights (.ckpt, or any format convert_weights reads)")
-    p.add_argument("--num_classes", type=int, default=1000)
-    p.add_argument("--threshold", type=float_or_list(lo=0.0), default=None,
-                   help="prune/pool threshold, or one per compression block (a comma list); model default if unset")
-    p.add_argument("--images", nargs="*", default=[], help="image files or folders")
-    p.add_argument("--scale", type=int, default=2, help="magnification of the drawn images")
-    p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend", "auto"))
-    p.add_argument("--out", default="outputs/tokens.png")
+    p = tool_parser("tools/visualize.py", __doc__)
+    own = p.add_argument_group("visualize")
+    own.add_argument("--images", nargs="*", default=[], help="image files or folders")
+    own.add_argument("--scale", type=int_type(lo=1), default=2, help="magnification of the drawn images")
+    own.add_argument("--out", default="outputs/tokens.png", help="the figure (PNG)")
+    add_options(p.add_argument_group("model"), ("model", "num_classes", "ckpt_path", "eval_threshold"))
+    add_options(p.add_argument_group("device"), ("device_target",))
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    result = draw_token_maps(args.model, args.out, images=args.images, ckpt_path=args.ckpt_path,
-                             num_classes=args.num_classes, threshold=args.threshold, scale=args.scale,
+    result = draw_token_maps(args.model, args.out, images=args.images, ckpt_path=args.ckpt_path or "",
+                             num_classes=args.num_classes, threshold=args.eval_threshold, scale=args.scale,
                              device_target=args.device_target)
     print(f"wrote {result['out']}")
     for block in result["blocks"]:

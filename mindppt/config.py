@@ -179,7 +179,7 @@ GROUPS = {
         _O("scheduler", choice("cosine_decay", "constant"), "cosine_decay", "lr schedule after warmup"),
         _O("epoch_size", int_type(lo=1), 300, "training epochs"),
         _O("warmup_epochs", float_type(lo=0.0), 5.0, "linear warmup epochs (may be fractional)"),
-        _O("warmup_factor", float_type(lo=0.0), 0.0, "warmup starts at lr * warmup_factor"),
+        _O("warmup_factor", float_type(lo=0.0), 0.002, "warmup starts at lr * warmup_factor (DeiT: 1e-6 / 5e-4)"),
         _O("decay_epochs", optional(float_type(lo=0.0, lo_open=True)), None,
            "cosine_decay: epochs from lr to min_lr; none = the rest after warmup"),
         _O("min_lr", float_type(lo=0.0), 1e-5, "final lr of cosine_decay"),

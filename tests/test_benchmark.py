@@ -26,8 +26,9 @@ DIGITS = ["vit_digits_patch4_16", "ppt_vit_digits_patch4_16"]
 def settings(**overrides):
     """The measurement settings run_benchmark derives from its options, for the digits models."""
     options = benchmark.parse_options(["--num_classes", "3", "--rounds", "2", "--iters", "1", "--warmup", "0"])
-    values = {"image_size": options.image_size, "num_classes": options.num_classes, "amp_level": options.amp_level,
-              "train_options": ("--loss_scale_type", "dynamic", "--clip_grad", "1.0", "--ema", "True",
+    values = {"image_size": options.image_resize, "num_classes": options.num_classes, "amp_level": options.amp_level,
+              "train_options": ("--loss_scale_type", "dynamic", "--clip_grad", "true", "--clip_value", "1.0",
+                                "--ema", "True",
                                 "--drop_path_rate", "0.1"),
               "warmup": options.warmup, "rounds": options.rounds, "iters": options.iters, "jit_level": ""}
     values.update(overrides)
@@ -51,11 +52,17 @@ def test_all_selects_every_registered_model_in_dense_ppt_pairs():
         benchmark.select_models(["all", "swin_*"])
 
 
+def test_shared_options_are_checked_by_their_type_on_parsing():
+    with pytest.raises(ConfigError, match="--image_resize.*expected an int in \\[1"):
+        benchmark.parse_options(["--image_resize", "0"])
+    with pytest.raises(ConfigError, match="--clip_grad.*boolean"):
+        benchmark.parse_options(["--clip_grad", "0.5"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--batch_size", "8", "0"], "--batch_size 0: expected an integer >= 1"),
     (["--rounds", "0"], "--rounds 0: expected an integer >= 1"),
     (["--warmup", "-1"], "--warmup -1: expected an integer >= 0"),
-    (["--image_size", "0"], "--image_size 0: expected an integer >= 1"),
     (["--models", "deit_smal_patch16_224"], "--models: unknown model 'deit_smal_patch16_224'"),
     (["--models", "swin_*"], "--models: 'swin_*' matches no registered model"),
     (["--official_repo", "{tmp}"], "--official_repo and --official_python go together"),
@@ -132,7 +139,7 @@ def test_training_runner_times_the_trainers_own_step():
     assert any(not np.array_equal(p.asnumpy(), before[p.name]) for p in runner.model.trainable_params())
 
     plain = benchmark.Runner(DIGITS[1], 2, True, settings(train_options=("--loss_scale_type", "none",
-                                                                         "--clip_grad", "0", "--ema", "false")))
+                                                                         "--clip_grad", "false", "--ema", "false")))
     assert not (plain.cell.use_scaling or plain.cell.clip or plain.cell.use_ema)
 
 

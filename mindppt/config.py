@@ -256,6 +256,8 @@ TOOLS = {
                              "teacher_model", "teacher_checkpoint", "distillation_alpha")
              + tuple(o.name for o in GROUPS["model"])),
 }
+# the tool's own flag that replaces a recipe-only option on its command line
+_INSTEAD = {"sweep": {"r_tokens": "--r", "eval_threshold": "--thresholds"}}
 # options of a tool's own group (--out ...) are added by the tool; export and predict read the class
 # names from data_dir/train_split
 _EXTRA = {"export": ("train_split",), "predict": ("train_split",)}
@@ -530,7 +532,9 @@ def _reject_extras(extras, parser, tool):
         error.hint = f"--{name} is a mindcv option with no effect here ({_MINDCV_UNUSED[name][2]}); " \
                      "a recipe may carry it"
     elif name in tool_options(tool, command_line=False):
-        error.hint = f"tools/{tool}.py sets {name} itself (from its recipe); it cannot be given on its command line"
+        instead = _INSTEAD.get(tool, {}).get(name)
+        error.hint = (f"tools/{tool}.py takes {name} from its recipe only" +
+                      (f"; use {instead}" if instead else "; it cannot be given on its command line"))
     elif name in ALL_OPTIONS:
         others = [f"tools/{t}.py" for t in tools_reading(name)]
         error.hint = f"--{name} is read by {', '.join(others)}, not tools/{tool}.py"

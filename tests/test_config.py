@@ -125,12 +125,13 @@ def test_a_flag_of_another_tool_names_that_tool(tool, flag, takers):
     if takers:
         assert takers in error.hint and f"not tools/{tool}.py" in error.hint
     else:
-        assert "itself" in error.hint
+        assert "from its recipe only" in error.hint
 
 
 def test_the_demo_fixes_its_model():
     error = error_of(["--model", "deit_tiny_patch16_224"], tool="demo")
-    assert "tools/demo.py sets model itself" in error.hint
+    assert "tools/demo.py takes model from its recipe only" in error.hint
+    assert error_of(["--eval_threshold", "0"], tool="sweep").hint.endswith("use --thresholds")
 
 
 def test_wrong_type_in_yaml_names_key_value_and_type(tmp_path):

@@ -945,7 +945,7 @@ def test_command_line_options_that_would_do_nothing_are_refused(jobs):
              "hint: --metrics_out is read by tools/eval.py, not tools/train.py"),
             ("shadowed_option_on_train", "--dataset_sink_mode true",
              "hint: --dataset_sink_mode is a mindcv option with no effect here"),
-            ("demo_fixed_option", "--ckpt_save_dir", "hint: tools/demo.py sets ckpt_save_dir itself")):
+            ("demo_fixed_option", "--ckpt_save_dir", "hint: tools/demo.py takes ckpt_save_dir from its recipe only")):
         result = jobs.get(name)
         assert_error(result, f"unrecognized arguments: {flag}")
         assert hint in result.stderr.splitlines()[-1], result

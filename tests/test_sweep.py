@@ -134,5 +134,7 @@ def test_sweep_tool_adds_settings_to_an_existing_table(setup, swept, tmp_path):
     assert "table, CSV, JSON and plot written" in result.stdout
     with open(tmp_path / "sweep.csv", newline="") as f:
         assert [r["policy"] for r in csv.DictReader(f)] == ["dense", "adaptive", "prune", "pool", "adaptive"]
-    assert_error(run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "2",
-                          "--eval_threshold", "1e-3"), "--eval_threshold", "use --thresholds")
+    refused = run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "2",
+                       "--eval_threshold", "1e-3")
+    assert_error(refused, "unrecognized arguments: --eval_threshold")
+    assert "hint: tools/sweep.py takes eval_threshold from its recipe only; use --thresholds" in refused.stderr

@@ -5,8 +5,8 @@ message names the file, option or value at fault and what was expected.
 """
 
 __all__ = ["ConfigError", "CliError", "DeviceUnavailableError", "DatasetError", "DatasetWarning",
-           "CheckpointError", "CheckpointSaveError", "ExportError", "TrainingError", "TrainingInterrupted",
-           "USER_ERRORS"]
+           "CheckpointError", "CheckpointSaveError", "ExportError", "OutputError", "TrainingError",
+           "TrainingInterrupted", "USER_ERRORS"]
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,15 @@ class ExportError(ValueError):
     """A model cannot be exported in the requested format (the message names the op and why)."""
 
 
+class OutputError(OSError):
+    """An output file cannot be written where asked: its directory cannot be created or written to, or the
+    path is a directory (the message names the path and why; ``errno`` is the cause's, if any)."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (e.g. disk full); the message names the file, the cause and
     the previous checkpoint, which is intact."""
@@ -69,4 +78,4 @@ class TrainingInterrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-USER_ERRORS = (CliError, ConfigError, DeviceUnavailableError, DatasetError, CheckpointError, ExportError)
+USER_ERRORS = (CliError, ConfigError, DeviceUnavailableError, DatasetError, CheckpointError, ExportError, OutputError)

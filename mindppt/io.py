@@ -7,7 +7,10 @@ import tempfile
 
 import mindspore as ms
 
-__all__ = ["atomic_output", "atomic_write", "save_checkpoint_atomic", "link_or_copy", "PARTIAL_MARK"]
+from mindppt.errors import OutputError
+
+__all__ = ["atomic_output", "atomic_write", "check_writable", "save_checkpoint_atomic", "link_or_copy",
+           "PARTIAL_MARK"]
 
 # Temporary names are hidden, next to the target: ".<name>.<random>.partial<suffix>".
 PARTIAL_MARK = ".partial"
@@ -34,16 +37,56 @@ def _remove(path):
         pass
 
 
+def _first_existing(path):
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _output_dir(path):
+    """The directory of ``path``, created with its parents if missing; OutputError if it cannot be, or if
+    ``path`` itself is a directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        blocker = _first_existing(directory)
+        why = (f"{blocker} is not a directory" if not os.path.isdir(blocker)
+               else f"cannot create directory {err.filename or directory}: {err.strerror or err}")
+        raise OutputError(f"cannot write {path}: {why}", err.errno) from None
+    if os.path.isdir(path):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    return directory
+
+
+def _temporary_name(path, directory, suffix):
+    """A fresh hidden name next to ``path`` (the file is created to reserve it, then removed)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=PARTIAL_MARK + suffix, dir=directory)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: cannot create a file in {directory}: {err.strerror or err}",
+                          err.errno) from None
+    os.close(fd)
+    os.remove(tmp)
+    return tmp
+
+
+def check_writable(path):
+    """Raise OutputError (naming ``path`` and why) unless a file can be written at ``path``; its missing
+    directories are created. A command writing several files checks them all first, so that a bad path
+    fails before anything is written."""
+    path = os.fspath(path)
+    _temporary_name(path, _output_dir(path), "")
+
+
 @contextlib.contextmanager
 def atomic_output(path, suffix=""):
     """Yield a temporary path (not yet created) next to ``path``; when the block succeeds the file is
-    fsynced and renamed onto ``path``, when it fails it is removed and the error propagates."""
+    fsynced and renamed onto ``path``, when it fails it is removed and the error propagates. OutputError
+    (before the block runs) when ``path``'s directory cannot be created or written to."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=PARTIAL_MARK + suffix, dir=directory)
-    os.close(fd)
-    os.remove(tmp)
+    directory = _output_dir(path)
+    tmp = _temporary_name(path, directory, suffix)
     try:
         yield tmp
         if not os.path.exists(tmp):

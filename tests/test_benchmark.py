@@ -9,7 +9,7 @@ from tool_helpers import ROOT, assert_error, run_tool
 
 from mindppt.engine import benchmark
 from mindppt.models import create_model, list_models
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
 
@@ -50,7 +50,7 @@ def test_pattern_run_writes_the_table_of_the_pair(tmp_path):
         model = create_model(name, num_classes=3)
         assert row["image_size"] == model.img_size == 16  # each model's own resolution
         assert row["gmacs"] == model_gmacs(model)
-        assert round(row["params_m"] * 1e6) == sum(p.size for p in model.trainable_params())
+        assert round(row["params_m"] * 1e6) == count_params(model)
         assert row["tokens"] == [model.token_schedule[0][0]] + [
             n_out for n_in, n_out in model.token_schedule if n_out < n_in]
         assert row["batch_size"] == 2 and row["img_per_s"] > 0

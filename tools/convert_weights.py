@@ -25,7 +25,7 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_
 from mindppt.errors import CheckpointError  # noqa: E402
 from mindppt.formats import read_state_dict  # noqa: E402
 from mindppt.io import save_checkpoint_atomic  # noqa: E402
-from mindppt.models import create_model, is_model  # noqa: E402
+from mindppt.models import count_params, create_model, is_model  # noqa: E402
 from mindppt.models.deit import DEIT_SIZES  # noqa: E402
 from mindppt.models.weights import load_state_dict_into_model  # noqa: E402
 
@@ -134,10 +134,10 @@ def convert(args):
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     save_checkpoint_atomic(net, args.dst)
-    n_params = sum(int(p.size) for p in net.get_parameters())
+    n_params = count_params(net)
     print(f"read {len(state)} tensors from {args.src}; loaded {len(result['loaded'])} of "
           f"{len(result['loaded']) + len(result['not_loaded'])} parameters "
-          f"({n_params / 1e6:.2f} M values) into {model_name} (num_classes={num_classes})")
+          f"({n_params / 1e6:.2f} M parameters) into {model_name} (num_classes={num_classes})")
     if result["not_loaded"]:
         print(f"kept the model's own initialisation for: {', '.join(result['not_loaded'])}")
     print(f"wrote {args.dst}")

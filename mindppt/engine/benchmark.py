@@ -41,7 +41,7 @@ from mindppt.engine.schedule import create_lr_schedule, resolve_lr
 from mindppt.engine.trainer import build_train_step
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 
 
 def rss_mb():
@@ -120,7 +120,7 @@ class Runner:
             self.net.set_train(False)
         self.gmacs = model_gmacs(self.model)
         self.image_size = image_size
-        self.params_m = sum(p.size for p in self.model.trainable_params()) / 1e6
+        self.params_m = count_params(self.model) / 1e6
         self.tokens = token_schedule(self.model)
         self.compile_s = None
         self.times = []

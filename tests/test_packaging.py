@@ -2,6 +2,7 @@
 directory; the import-linter contracts of pyproject.toml hold, and they are live: an upward import added
 to a copy of the package breaks exactly the contract it should."""
 import ast
+import importlib.metadata
 import os
 import re
 import shutil
@@ -121,8 +122,7 @@ def test_runtime_dependencies_are_what_the_package_imports():
     mapped to distributions by the installed packages' metadata: yaml -> PyYAML, PIL -> pillow, ...);
     requirements.txt lists the same requirements, requirements-dev.txt the dev extra and the build backend
     (the editable install runs without build isolation). torch stays a test-only dependency."""
-    import importlib.metadata
-    import tomllib
+    import tomllib  # Python 3.11+
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         pyproject = tomllib.load(f)

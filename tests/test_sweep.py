@@ -172,18 +172,18 @@ def test_sweep_tool_adds_settings_to_an_existing_table(setup, swept, tmp_path):
 
 def test_sweep_tool_labels_a_clamped_r_with_what_each_block_removes(setup, tmp_path):
     config, ckpt = setup  # 17 tokens, compression at blocks 1, 2, 3
-    result = run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "2", "1000", "8",
+    result = run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "1000", "8",
                       "--policy", "prune")
     assert result.returncode == 0, result
     assert "--r 1000 at blocks 1,2,3 became r=0,8,4,2,0,0: blocks [1, 2, 3] remove [8, 4, 2] tokens" in result.stdout
     assert "--r 8 at blocks 1,2,3 is the same setting as --r 1000 at blocks 1,2,3 (r=0,8,4,2,0,0): measured once" \
         in result.stdout
-    assert "3 settings, 0 already in" in result.stdout
+    assert "2 settings, 0 already in" in result.stdout
     with open(tmp_path / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["policy"], r["r_tokens"], r["pp_loc_list"]) for r in rows] == [
-        ("dense", "0", ""), ("prune", "2", "1,2,3"), ("prune", "0,8,4,2,0,0", "1,2,3")]
-    assert rows[2]["tokens_per_block"] == "17,9,5,3,3,3"  # what the measured model kept: the label's schedule
+        ("dense", "0", ""), ("prune", "0,8,4,2,0,0", "1,2,3")]
+    assert rows[1]["tokens_per_block"] == "17,9,5,3,3,3"  # what the measured model kept: the label's schedule
     report = (tmp_path / "sweep.txt").read_text()
     assert "--r 1000 at blocks 1,2,3 became r=0,8,4,2,0,0" in report
     table = report.split("measured once\n")[1]

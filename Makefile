@@ -1,12 +1,13 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use and install mindppt
-# into it (editable), so `import mindppt` works from any directory.
+# into it (editable), so `import mindppt` works from any directory. `make test-fast` runs the unit tier
+# only (tests/README.md), for the edit loop; `make test` runs every test.
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: venv demo test lint benchmark analyze clean
+.PHONY: venv demo test test-fast lint benchmark analyze clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ lint: $(STAMP)
 
 test: lint
 	$(RUN) $(VPY) -m pytest -q tests
+
+test-fast: lint
+	$(RUN) $(VPY) -m pytest -q -m "not slow" tests
 
 benchmark: $(STAMP)
 	$(RUN) $(VPY) tools/benchmark.py --models deit_small_patch16_224 ppt_deit_small_patch16_224 --batch_size 1 8 32

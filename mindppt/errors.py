@@ -47,9 +47,13 @@ class ExportError(ValueError):
     """A model cannot be exported in the requested format (the message names the op and why)."""
 
 
-class OutputError(ValueError):
-    """An output file cannot be written where asked (its folder cannot be created, is not a folder, or is
-    not writable); the message names the path and the cause."""
+class OutputError(OSError):
+    """An output file cannot be written where asked: its directory cannot be created or written to, or the
+    path is a directory (the message names the path and why; ``errno`` is the cause's, if any)."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class CheckpointSaveError(OSError):

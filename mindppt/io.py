@@ -9,7 +9,7 @@ import mindspore as ms
 
 from mindppt.errors import OutputError
 
-__all__ = ["atomic_output", "atomic_write", "save_checkpoint_atomic", "link_or_copy", "output_error",
+__all__ = ["atomic_output", "atomic_write", "check_writable", "save_checkpoint_atomic", "link_or_copy",
            "PARTIAL_MARK"]
 
 # Temporary names are hidden, next to the target: ".<name>.<random>.partial<suffix>".
@@ -37,16 +37,56 @@ def _remove(path):
         pass
 
 
+def _first_existing(path):
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _output_dir(path):
+    """The directory of ``path``, created with its parents if missing; OutputError if it cannot be, or if
+    ``path`` itself is a directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        blocker = _first_existing(directory)
+        why = (f"{blocker} is not a directory" if not os.path.isdir(blocker)
+               else f"cannot create directory {err.filename or directory}: {err.strerror or err}")
+        raise OutputError(f"cannot write {path}: {why}", err.errno) from None
+    if os.path.isdir(path):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    return directory
+
+
+def _temporary_name(path, directory, suffix):
+    """A fresh hidden name next to ``path`` (the file is created to reserve it, then removed)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=PARTIAL_MARK + suffix, dir=directory)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: cannot create a file in {directory}: {err.strerror or err}",
+                          err.errno) from None
+    os.close(fd)
+    os.remove(tmp)
+    return tmp
+
+
+def check_writable(path):
+    """Raise OutputError (naming ``path`` and why) unless a file can be written at ``path``; its missing
+    directories are created. A command writing several files checks them all first, so that a bad path
+    fails before anything is written."""
+    path = os.fspath(path)
+    _temporary_name(path, _output_dir(path), "")
+
+
 @contextlib.contextmanager
 def atomic_output(path, suffix=""):
     """Yield a temporary path (not yet created) next to ``path``; when the block succeeds the file is
-    fsynced and renamed onto ``path``, when it fails it is removed and the error propagates."""
+    fsynced and renamed onto ``path``, when it fails it is removed and the error propagates. OutputError
+    (before the block runs) when ``path``'s directory cannot be created or written to."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=PARTIAL_MARK + suffix, dir=directory)
-    os.close(fd)
-    os.remove(tmp)
+    directory = _output_dir(path)
+    tmp = _temporary_name(path, directory, suffix)
     try:
         yield tmp
         if not os.path.exists(tmp):
@@ -72,20 +112,11 @@ def atomic_write(path, data):
     return path
 
 
-def output_error(path, err):
-    """The OutputError for ``err``, an OSError raised while writing ``path``: names ``path``, the cause and,
-    when it is a folder on the way to ``path`` (e.g. a file where a folder should be), that folder."""
-    root = err.__cause__ if isinstance(err.__cause__, OSError) else err  # save_checkpoint_atomic wraps it
-    path, where = os.fspath(path), ""
-    if root.filename and os.path.abspath(path).startswith(os.path.abspath(os.fspath(root.filename)) + os.sep):
-        where = f" ({root.filename})"
-    return OutputError(f"cannot write {path}: {root.strerror or root}{where}")
-
-
 def save_checkpoint_atomic(obj_or_param_list, path, append_dict=None):
     """``mindspore.save_checkpoint`` to ``path`` atomically. ``path`` is used exactly as given (MindSpore
     would append ``.ckpt`` to other names). A failed save (e.g. disk full) leaves any existing ``path``
-    untouched and raises OSError (RuntimeError for other failures) naming ``path``."""
+    untouched and raises OSError (OutputError when ``path`` cannot be written there at all; RuntimeError for
+    other failures) naming ``path``."""
     path = os.fspath(path)
     try:
         # The temporary name ends in .ckpt, or MindSpore appends it; MindSpore itself first writes
@@ -96,6 +127,8 @@ def save_checkpoint_atomic(obj_or_param_list, path, append_dict=None):
             except BaseException:
                 _remove(tmp[: -len(".ckpt")] + ".tmp")
                 raise
+    except OutputError:
+        raise  # the destination itself cannot be written: already names the path and why
     except OSError as err:
         raise OSError(err.errno, f"could not save checkpoint {path}: {err.strerror or err}") from err
     except Exception as err:

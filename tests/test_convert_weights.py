@@ -204,9 +204,9 @@ def test_convert_weights_refuses_bad_arguments_before_writing(converted, tmp_pat
     blocker.write_text("a file, not a folder")
     with pytest.raises(OutputError) as caught:
         convert_weights(src, blocker / "out.ckpt")
-    assert str(caught.value) == f"cannot write {blocker / 'out.ckpt'}: File exists ({blocker})"
+    assert str(caught.value) == f"cannot write {blocker / 'out.ckpt'}: {blocker} is not a directory"
     (tmp_path / "folder.ckpt").mkdir()
     with pytest.raises(OutputError) as caught:
         convert_weights(src, tmp_path / "folder.ckpt")
-    assert str(caught.value) == f"cannot write {tmp_path / 'folder.ckpt'}: Is a directory"
+    assert str(caught.value) == f"cannot write {tmp_path / 'folder.ckpt'}: it is a directory"
     assert sorted(os.listdir(tmp_path)) == ["file", "folder.ckpt"] and not os.listdir(tmp_path / "folder.ckpt")

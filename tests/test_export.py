@@ -11,6 +11,9 @@ from deploy_helpers import BATCH, EXPORT, SIZE, make_setup, portable_model
 from mindspore import nn
 from tool_helpers import assert_error, run_tool
 
+from mindppt.config import parse_args
+from mindppt.engine.export import export_model
+from mindppt.errors import OutputError
 from mindppt.models import inspect_compression
 
 BENCHMARK = os.path.join(os.path.dirname(EXPORT), "benchmark.py")
@@ -51,6 +54,24 @@ def test_unsupported_format_names_the_op(setup, tmp_path):
     assert_error(result, "ONNX", "op ")
     assert not list(tmp_path.iterdir())  # nothing half-written
     assert_error(run_tool(EXPORT, "-c", setup["config"], "--out", tmp_path / "m", "--lr", "1"), "--lr")
+
+
+def test_out_under_a_regular_file_is_one_error_line(setup, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    prefix = tmp_path / "file" / "sub" / "model"
+    result = run_tool(EXPORT, "-c", setup["config"], "--batch_size", 1, "--out", prefix)
+    assert_error(result, f"{prefix}.mindir", f"{tmp_path / 'file'} is not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_export_model_checks_both_outputs_before_writing_either(setup, tmp_path):
+    (tmp_path / "model.json").mkdir()  # the side file's name is taken by a directory
+    args = parse_args(["-c", setup["config"]], tool="export")
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'model.json'}: it is a directory"):
+        export_model(args, str(tmp_path / "model"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]  # no .mindir, no temporary file
+    assert not list((tmp_path / "model.json").iterdir())
 
 
 def test_benchmark_times_the_exported_graph_beside_the_cell(tmp_path):

@@ -20,7 +20,7 @@ from mindspore.common import initializer
 from mindspore.ops import auto_generate
 from mindspore.ops.primitive import Primitive
 
-from mindppt.models import create_model, get_pretrained_cfg, list_models
+from mindppt.models import count_params, create_model, get_pretrained_cfg, list_models
 from mindppt.models.flops import model_gmacs
 from mindppt.models.ppt import TokenCompression
 
@@ -184,3 +184,13 @@ def test_gmacs_match_direct_count(name, pynative):
         policy = {None: "dense", 0.0: "prune", math.inf: "pool"}[threshold]
         print(f"\n{name:<38} {policy:<5} backbone {counter.backbone() / 1e9:.6f} GMACs (model_gmacs "
               f"{analytic / 1e9:.6f}), compression cell {counter.macs['compression'] / 1e9:.6f} GMACs not counted")
+
+
+def test_count_params_is_the_published_count_without_run_time_settings():
+    # DeiT-T as the DeiT paper and timm count it: 5,717,416 weights
+    dense = create_model("deit_tiny_patch16_224")
+    ppt = create_model("ppt_deit_tiny_patch16_224")
+    assert count_params(dense) == count_params(ppt) == 5_717_416
+    # PPT's thresholds are parameters too (one per compression block), but not weights
+    every_value = sum(int(p.size) for p in ppt.get_parameters())
+    assert every_value == count_params(ppt) + len(ppt.compression_blocks) == count_params(ppt) + 3

@@ -6,8 +6,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from mindppt.errors import USER_ERRORS, OutputError
 from mindppt.formats import read_state_dict
-from mindppt.io import atomic_write, link_or_copy, save_checkpoint_atomic
+from mindppt.io import atomic_write, check_writable, link_or_copy, save_checkpoint_atomic
 
 
 def _save(arrays, path):
@@ -78,3 +79,19 @@ def test_link_or_copy_snapshots_a_file(tmp_path):
     link_or_copy(src, tmp_path / "best.ckpt")
     assert (tmp_path / "best.ckpt").read_bytes() == b"abc"
     assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt"]  # no temporary file left
+
+
+def test_an_output_that_cannot_be_written_is_an_output_error_naming_the_path(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    target = tmp_path / "file" / "a" / "out.json"
+    with pytest.raises(OutputError, match=f"cannot write {target}: {tmp_path / 'file'} is not a directory") as err:
+        atomic_write(target, "{}")
+    assert err.value.errno == errno.ENOTDIR and isinstance(err.value, USER_ERRORS)
+    with pytest.raises(OutputError, match="it is a directory"):
+        check_writable(tmp_path / "dir")
+    with pytest.raises(OutputError, match="it is a directory"):
+        atomic_write(tmp_path / "dir", "{}")
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and not os.listdir(tmp_path / "dir")
+    check_writable(tmp_path / "new" / "out.json")  # creates the directory, writes nothing
+    assert os.listdir(tmp_path / "new") == []

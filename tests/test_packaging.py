@@ -1,7 +1,10 @@
 """Packaging and import structure: mindppt is installed (editable) in the venv, so it imports from any
 directory; the import-linter contracts of pyproject.toml hold, and they are live: an upward import added
 to a copy of the package breaks exactly the contract it should."""
+import ast
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,3 +80,65 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, broken, 
     assert f"{CONTRACTS[broken]} BROKEN" in proc.stdout or f"{CONTRACTS[broken]}BROKEN" in proc.stdout
     dotted = "mindppt." + module[:-len(".py")].replace("/", ".")
     assert report in proc.stdout and f"{dotted} -> {line.split()[1]} (l.1)" in proc.stdout, proc.stdout
+
+
+def _requirement_name(requirement):
+    """``numpy`` of ``numpy>=1.24,<2``, normalised as pip compares names (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)).lower()
+
+
+def _third_party_imports(package_dir):
+    """``{top-level module: first file importing it}`` for every absolute import in ``package_dir`` that is
+    neither the standard library nor the package itself."""
+    found = {}
+    for folder, _, files in sorted(os.walk(package_dir)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top not in sys.stdlib_module_names and top != os.path.basename(package_dir):
+                        found.setdefault(top, os.path.relpath(path, ROOT))
+    return found
+
+
+def _requirements_file(name):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="reads pyproject.toml with tomllib (Python 3.11+); tomli, "
+                                                       "its backport, is not a dependency")
+def test_runtime_dependencies_are_what_the_package_imports():
+    """pyproject's [project].dependencies name exactly the distributions that mindppt/ imports (import names
+    mapped to distributions by the installed packages' metadata: yaml -> PyYAML, PIL -> pillow, ...);
+    requirements.txt lists the same requirements, requirements-dev.txt the dev extra and the build backend
+    (the editable install runs without build isolation). torch stays a test-only dependency."""
+    import tomllib  # Python 3.11+
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        pyproject = tomllib.load(f)
+    dependencies = pyproject["project"]["dependencies"]
+    imports = _third_party_imports(os.path.join(ROOT, "mindppt"))
+    assert {"mindspore", "numpy"} <= set(imports)  # the walk sees the package's imports
+    distributions = importlib.metadata.packages_distributions()
+    missing = sorted(module for module in imports if module not in distributions)
+    assert not missing, f"imported by mindppt but not installed: {[(m, imports[m]) for m in missing]}"
+    imported = {_requirement_name(distributions[module][0]): module for module in imports}
+    declared = {_requirement_name(r) for r in dependencies}
+    undeclared = {name: imports[module] for name, module in imported.items() if name not in declared}
+    assert not undeclared, f"imported by mindppt, not in [project].dependencies: {undeclared}"
+    assert declared <= set(imported), f"in [project].dependencies, not imported: {sorted(declared - set(imported))}"
+
+    assert _requirements_file("requirements.txt") == dependencies
+    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    assert sorted(_requirements_file("requirements-dev.txt")) == sorted(dev + pyproject["build-system"]["requires"])
+    assert "torch" in {_requirement_name(r) for r in dev} and "torch" not in declared

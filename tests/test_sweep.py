@@ -18,10 +18,12 @@ from mindppt.engine.sweep import (
     expand_settings,
     pareto_front,
     read_rows,
+    resolve_settings,
     run_sweep,
     write_reports,
 )
 from mindppt.errors import ConfigError
+from mindppt.models import create_model
 from mindppt.plots import DPI, TRADEOFF_SIZE, tradeoff_figure
 
 SWEEP = os.path.join(ROOT, "tools", "sweep.py")
@@ -43,6 +45,35 @@ def test_settings_dense_first_forced_policies_once():
         "adaptive", "0,1,1,1,0,0", "default", "0.001,0.002,0.003")
     with pytest.raises(ConfigError, match="compresses no tokens"):
         expand_settings([0], [1e-3], None, ["prune"])
+
+
+def test_settings_are_labelled_with_the_r_each_block_removes_and_measured_once():
+    model = create_model("vit_digits_patch4_16", num_classes=3, r_tokens=0, pp_loc_list=[1, 2, 3])  # 17 tokens
+    asked = expand_settings([2, 1000, 8, [0, 9, 9, 9, 0, 0], [1, 0, 0, 0, 0, 0]], [1e-3], None, ["adaptive", "prune"])
+    settings, notes = resolve_settings(asked, model)
+    clamped = (0, 8, 4, 2, 0, 0)  # at most (N - 1) // 2 of 17, 9, 5 tokens
+    assert settings == [Setting("dense"), Setting("adaptive", 2, (1, 2, 3), 1e-3), Setting("prune", 2, (1, 2, 3), 0.0),
+                        Setting("adaptive", clamped, (1, 2, 3), 1e-3), Setting("prune", clamped, (1, 2, 3), 0.0)]
+    assert notes == [
+        "--r 1000 became r=0,8,4,2,0,0: blocks [1, 2, 3] remove [8, 4, 2] tokens (at most half of a block's "
+        "unprotected tokens)",
+        "--r 8 is the same setting as --r 1000 (r=0,8,4,2,0,0): measured once",
+        "--r 0,9,9,9,0,0 is the same setting as --r 1000 (r=0,8,4,2,0,0): measured once",
+        "--r 1,0,0,0,0,0 removes no tokens: it is the dense row"]
+    for setting in settings[1:]:  # the label builds the model that --r asked for
+        built = create_model("vit_digits_patch4_16", num_classes=3, r_tokens=list(setting.r_tokens)
+                             if isinstance(setting.r_tokens, tuple) else setting.r_tokens,
+                             pp_loc_list=list(setting.pp_loc_list))
+        asked_r = 2 if setting.r_tokens == 2 else 1000
+        assert built.token_schedule == model.schedule_with(asked_r)
+    # 17 -> 9 -> 5 -> 3 -> 2 tokens: block 5 can remove none; one r per block that is the same everywhere is an int
+    settings, notes = resolve_settings(expand_settings([1000, [0, 3, 3, 3, 0, 0]], None, [[1, 2, 3, 4, 5]], ["pool"]),
+                                       model)
+    assert settings[1:] == [Setting("pool", (0, 8, 4, 2, 1, 0), (1, 2, 3, 4), math.inf),
+                            Setting("pool", 3, (1, 2, 3), math.inf)]
+    assert notes[1].startswith("--r 0,3,3,3,0,0 at blocks 1,2,3,4,5 became r=3: blocks [1, 2, 3] remove [3, 3, 3]")
+    with pytest.raises(ConfigError, match="--r 2 at blocks 9: pp_loc_list entry 9 is out of range"):
+        resolve_settings(expand_settings([2], None, [[9]], ["prune"]), model)
 
 
 def test_pareto_front_and_policy_comparison():
@@ -92,7 +123,8 @@ def swept(setup, tmp_path_factory):
     calls.clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sweep_module, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
-        rows = run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+        rows, notes = run_sweep(args, settings, out, speed_rounds=1, speed_repeats=1)
+    assert notes == []  # r=2 is what every block removes
     return out, kept, rows, len(calls)
 
 
@@ -138,3 +170,23 @@ def test_sweep_tool_adds_settings_to_an_existing_table(setup, swept, tmp_path):
                        "--eval_threshold", "1e-3")
     assert_error(refused, "unrecognized arguments: --eval_threshold")
     assert "hint: tools/sweep.py takes eval_threshold from its recipe only; use --thresholds" in refused.stderr
+
+
+def test_sweep_tool_labels_a_clamped_r_with_what_each_block_removes(setup, tmp_path):
+    config, ckpt = setup  # 17 tokens, compression at blocks 1, 2, 3
+    result = run_tool(SWEEP, "-c", config, "--ckpt_path", ckpt, "--out", tmp_path, "--r", "1000", "8",
+                      "--policy", "prune")
+    assert result.returncode == 0, result
+    assert "--r 1000 at blocks 1,2,3 became r=0,8,4,2,0,0: blocks [1, 2, 3] remove [8, 4, 2] tokens" in result.stdout
+    assert "--r 8 at blocks 1,2,3 is the same setting as --r 1000 at blocks 1,2,3 (r=0,8,4,2,0,0): measured once" \
+        in result.stdout
+    assert "2 settings, 0 already in" in result.stdout
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["policy"], r["r_tokens"], r["pp_loc_list"]) for r in rows] == [
+        ("dense", "0", ""), ("prune", "0,8,4,2,0,0", "1,2,3")]
+    assert rows[1]["tokens_per_block"] == "17,9,5,3,3,3"  # what the measured model kept: the label's schedule
+    report = (tmp_path / "sweep.txt").read_text()
+    assert "--r 1000 at blocks 1,2,3 became r=0,8,4,2,0,0" in report
+    table = report.split("measured once\n")[1]
+    assert "1000" not in table and "0,8,4,2,0,0" in table  # no row is labelled 1000

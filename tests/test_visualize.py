@@ -101,5 +101,5 @@ def test_draw_token_maps_refuses_bad_input(tmp_path):
         draw_token_maps(DIGITS, tmp_path / "c.png", threshold=[1.0] * 5)  # 5 thresholds for 3 blocks
     with pytest.raises(OutputError) as caught:
         draw_token_maps(DIGITS, broken / "d.png")
-    assert str(caught.value) == f"cannot write {broken / 'd.png'}: File exists ({broken})"
+    assert str(caught.value) == f"cannot write {broken / 'd.png'}: {broken} is not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png"]

@@ -12,6 +12,9 @@ sweep.png (top-1 against GMACs per policy, Pareto front ringed, dense star). Int
 finished rows; the same command again runs only the settings not yet in sweep.csv.
 
 --r and --thresholds values may be one number or a comma list (one per block / per compression block).
+A block removes at most half of its unprotected tokens: rows are labelled with the r each block actually
+removes (an r too large for a block is clamped), and requests that come out the same are measured once;
+the output says which --r became which r.
 Every other --key value is a config option (as for tools/eval.py).
 """
 import os
@@ -58,13 +61,13 @@ def main(argv=None):
     # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the sweep the same way.
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        rows = run_sweep(args, settings, opts.out, logger)
+        rows, notes = run_sweep(args, settings, opts.out, logger)
     except KeyboardInterrupt:
         print(f"interrupted: finished rows are kept in {os.path.join(opts.out, 'sweep.csv')}; run the same command "
               "to continue", file=sys.stderr)
         raise
     record = write_reports(opts.out, rows, title=f"{args.model} at {args.image_resize}px: top-1 against GMACs on "
-                                                f"{args.data_dir}/{args.val_split}")
+                                                f"{args.data_dir}/{args.val_split}", notes=notes)
     print(record["text"])
     print(f"table, CSV, JSON and plot written to {opts.out}")
     return 0

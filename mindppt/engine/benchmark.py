@@ -46,7 +46,7 @@ from mindppt.errors import ConfigError
 from mindppt.io import atomic_write
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 
 
 def train_config(name, batch_size, image_size, num_classes, options):
@@ -104,7 +104,7 @@ class Runner:
             "img_per_s": self.batch_size / latency, "latency_ms": latency * 1e3,
             "compile_s": timing.compile_s, "peak_mem_mb": timing.peak_mb, "gmacs": model_gmacs(self.model),
             "repeats": len(timing.times), "image_size": self.image_size,
-            "params_m": sum(p.size for p in self.model.trainable_params()) / 1e6,
+            "params_m": count_params(self.model) / 1e6,
             "tokens": token_schedule(self.model),
         }
 

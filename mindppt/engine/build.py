@@ -13,7 +13,7 @@ from mindppt.device import setup_device
 from mindppt.errors import CheckpointError, ConfigError
 from mindppt.models import create_model, eval_preprocessing
 from mindppt.models.amp import apply_amp
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 
 __all__ = ["setup", "init_distributed", "make_reduce_sum", "model_kwargs", "build_model",
            "build_eval_model",
@@ -130,7 +130,7 @@ def build_eval_model(args):
     setup(args, args.device_id)
     model = build_model(args, for_eval=True)
     info = {"gmacs": model_gmacs(model),
-            "params_m": sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6,
+            "params_m": count_params(model) / 1e6,
             "ckpt_path": str(path), "token_schedule": list(model.token_schedule),
             "threshold": threshold_setting(model)}
     return apply_amp(model, args.val_amp_level), info

@@ -1,19 +1,17 @@
 """Convert DeiT/timm/LV-ViT weights (.pth, .safetensors, .npz, .ckpt) into a MindSpore .ckpt of a registered
 model: read, recognise the model (unless named), check every tensor against the model, drop a head of
 another size, save atomically."""
-import errno
 
-from mindppt.errors import CheckpointError, CheckpointSaveError, ConfigError
+from mindppt.errors import CheckpointError, CheckpointSaveError, ConfigError, OutputError
 from mindppt.formats import read_state_dict
-from mindppt.io import output_error, save_checkpoint_atomic
-from mindppt.models import create_model, infer_model_name, model_entrypoint
+from mindppt.io import check_writable, save_checkpoint_atomic
+from mindppt.models import count_params, create_model, infer_model_name, model_entrypoint
 from mindppt.models.recognize import same_shape_models, suggest_model
 from mindppt.models.weights import load_state_dict_into_model
 
 __all__ = ["convert_weights"]
 
 # A save failing with these is the destination's fault (exit 2); any other OSError (disk full) is not.
-_BAD_DESTINATION = (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOENT, errno.EEXIST)
 
 
 def _head_classes(state):
@@ -39,6 +37,7 @@ def convert_weights(src, dst, model=None, num_classes=None):
     model it looks like), OutputError (``dst`` cannot be written there), CheckpointSaveError (the save
     failed otherwise, e.g. disk full). Nothing is written unless the conversion succeeds."""
     src, dst = str(src), str(dst)
+    check_writable(dst)  # before any work
     if model is not None:
         try:
             model_entrypoint(model)
@@ -64,12 +63,12 @@ def convert_weights(src, dst, model=None, num_classes=None):
                               unexpected=err.unexpected, mismatched=err.mismatched) from None
     try:
         save_checkpoint_atomic(net, dst)
+    except OutputError:
+        raise
     except OSError as err:
-        if err.errno in _BAD_DESTINATION:
-            raise output_error(dst, err) from None
         raise CheckpointSaveError(err.errno, f"{err.strerror or err}; nothing was written") from None
     return {"model": name, "inferred_from": inferred_from,
             "same_shapes": same_shape_models(name) if inferred_from is not None else [],
             "num_classes": num_classes, "tensors": len(state), "loaded": list(result["loaded"]),
             "not_loaded": list(result["not_loaded"]),
-            "parameters": sum(int(p.size) for p in net.get_parameters()), "src": src, "dst": dst}
+            "parameters": count_params(net), "src": src, "dst": dst}

@@ -30,7 +30,7 @@ from mindspore import Tensor, nn, ops
 from mindppt.errors import CheckpointError, ConfigError
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 from mindppt.models.weights import load_state_dict_into_model, read_weights
 
 from .train_step import SoftTargetCrossEntropy
@@ -164,7 +164,7 @@ def build_teacher(args, student):
     except CheckpointError as e:
         raise CheckpointError(f"teacher_checkpoint: {e}") from None
     info = {"model": name, "checkpoint": path, "gmacs": model_gmacs(teacher),
-            "params_m": sum(int(np.prod(p.shape)) for p in teacher.trainable_params()) / 1e6}
+            "params_m": count_params(teacher) / 1e6}
     return apply_amp(FrozenTeacher(teacher), args.amp_level), info
 
 

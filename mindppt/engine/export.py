@@ -12,7 +12,7 @@ import numpy as np
 from mindppt.data.class_names import resolve_class_names
 from mindppt.engine.build import build_model, setup
 from mindppt.errors import ExportError
-from mindppt.io import atomic_output, atomic_write
+from mindppt.io import atomic_output, atomic_write, check_writable
 from mindppt.models import fused_cpu
 from mindppt.models.amp import apply_amp
 
@@ -41,14 +41,18 @@ def describe_export_failure(file_format, error):
 
 
 def export_model(args, prefix, file_format="MINDIR", batch_size=1, class_index=None):
-    """Write ``prefix`` + the format's suffix and ``prefix.json``; returns the side-file dict."""
+    """Write ``prefix`` + the format's suffix and ``prefix.json``; returns the side-file dict. OutputError,
+    with nothing written, when either file cannot be written there."""
     file_format = file_format.upper()
     if file_format not in EXPORT_FORMATS:
         raise ExportError(f"unknown file format {file_format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    prefix = os.fspath(prefix)
+    path = prefix + EXPORT_FORMATS[file_format]
+    for output in (path, prefix + ".json"):
+        check_writable(output)
     model, net = build_export_model(args)
     size = args.image_resize
     shape = (batch_size, 3, size, size)
-    path = prefix + EXPORT_FORMATS[file_format]
     try:
         with atomic_output(path, suffix=EXPORT_FORMATS[file_format]) as tmp:
             ms.export(net, ms.Tensor(np.zeros(shape, np.float32)), file_name=tmp, file_format=file_format)

@@ -7,6 +7,10 @@ Policies: ``adaptive`` is PPT at the given threshold; ``prune`` and ``pool`` for
 image (threshold 0 and infinity), so the three curves share the same GMACs levels. The dense model is
 always the first row.
 
+A block removes at most half of its unprotected tokens, so a large r is clamped block by block: the rows
+are labelled with the r each block actually removes (``--r 1000`` on 17 tokens at blocks 1, 2, 3 becomes
+``0,8,4,2,0,0``), and requested settings that come out the same are measured once.
+
 Rows go to ``sweep.csv`` as each one finishes (the whole file rewritten atomically), so an interrupted
 sweep keeps what it finished, and running it again computes only the settings not in the file.
 """
@@ -33,10 +37,9 @@ from .build import build_eval_model, create_eval_loader
 from .evaluate import evaluate
 from .timing import paired_throughput
 
-__all__ = ["POLICIES", "FORCED_THRESHOLD", "COLUMNS", "IDENTITY_COLUMNS", "Setting", "expand_settings", "file_digest",
-           "read_rows", "write_rows",
-           "pareto_front", "compare_policies", "format_table", "format_comparison", "run_sweep",
-           "write_reports"]
+__all__ = ["POLICIES", "FORCED_THRESHOLD", "COLUMNS", "IDENTITY_COLUMNS", "Setting", "expand_settings",
+           "resolve_settings", "file_digest", "read_rows", "write_rows", "pareto_front", "compare_policies",
+           "format_table", "format_comparison", "run_sweep", "write_reports"]
 
 POLICIES = ("adaptive", "prune", "pool")
 FORCED_THRESHOLD = {"prune": 0.0, "pool": math.inf}  # variance < 0 never holds, < inf always
@@ -102,6 +105,61 @@ def expand_settings(r_values, thresholds, pp_loc_lists, policies):
                     if setting not in settings:
                         settings.append(setting)
     return settings
+
+
+def _effective_group(r_tokens, pp_loc_list, model):
+    """``(r, blocks, removed)`` of the setting ``r_tokens`` at ``pp_loc_list`` as ``model``'s architecture
+    runs it: ``removed`` per compression block, ``blocks`` those that remove tokens, ``r`` an int when
+    they all remove the same, else one entry per block. None when no block removes any (dense)."""
+    try:
+        schedule = model.schedule_with(list(r_tokens) if isinstance(r_tokens, tuple) else r_tokens, pp_loc_list)
+    except ValueError as e:
+        raise ConfigError(f"--r {_text(r_tokens)} at blocks {_text(pp_loc_list)}: {e}") from None
+    per_block = [n_in - n_out for n_in, n_out in schedule]
+    blocks = tuple(i for i, r in enumerate(per_block) if r)
+    if not blocks:
+        return None
+    removed = [per_block[i] for i in blocks]
+    return (removed[0] if len(set(removed)) == 1 else tuple(per_block)), blocks, removed
+
+
+def _asked(group):
+    r_tokens, pp_loc_list = group
+    return f"--r {_text(r_tokens)}" + (f" at blocks {_text(pp_loc_list)}" if pp_loc_list is not None else "")
+
+
+def resolve_settings(settings, model):
+    """``(settings, notes)``: each setting relabelled with what ``model`` (any model of the architecture)
+    removes (see :func:`_effective_group`), equal ones kept once, in order; ``notes`` say which --r became
+    which r and which settings were the same as an earlier one."""
+    groups, notes = {}, []
+    for setting in settings:
+        group = setting.model_group()
+        if setting.policy == "dense" or group in groups:
+            continue
+        effective = _effective_group(*group, model)
+        asked = _asked(group)
+        groups[group] = effective
+        if effective is None:
+            notes.append(f"{asked} removes no tokens: it is the dense row")
+            continue
+        r, blocks, removed = effective
+        earlier = [g for g, e in groups.items() if g != group and e is not None and e[:2] == (r, blocks)]
+        if earlier:
+            notes.append(f"{asked} is the same setting as {_asked(earlier[0])} (r={_text(r)}): measured once")
+        elif r != group[0] or blocks != tuple(sorted(group[1] or blocks)):
+            notes.append(f"{asked} became r={_text(r)}: blocks {list(blocks)} remove {removed} tokens "
+                         f"(at most half of a block's unprotected tokens)")
+    resolved = []
+    for setting in settings:
+        if setting.policy != "dense":
+            effective = groups[setting.model_group()]
+            if effective is None:
+                continue
+            setting = Setting(setting.policy, effective[0], effective[1], setting.threshold)
+        if setting not in resolved:
+            resolved.append(setting)
+    return resolved, notes
 
 
 def _row_key(row):
@@ -213,15 +271,17 @@ def format_comparison(comparison):
         f"policy" for c in comparison if "adaptive_margin" in c)
 
 
-def write_reports(out_dir, rows, title=None):
-    """``sweep.json`` (rows, Pareto front, policy comparison), ``sweep.txt`` (the table and the comparison)
-    and ``sweep.png`` (top-1 against GMACs per policy, Pareto front ringed, dense star). Returns the JSON
-    record plus ``text``, the content of sweep.txt."""
+def write_reports(out_dir, rows, title=None, notes=()):
+    """``sweep.json`` (rows, Pareto front, policy comparison, ``notes``), ``sweep.txt`` (the notes of
+    :func:`resolve_settings`, the table and the comparison) and ``sweep.png`` (top-1 against GMACs per
+    policy, Pareto front ringed, dense star). Returns the JSON record plus ``text``, the content of
+    sweep.txt."""
     front = pareto_front(rows)
     comparison = compare_policies(rows)
-    record = {"rows": rows, "pareto_front": [list(_row_key(r)) for r in front], "policy_comparison": comparison}
+    record = {"rows": rows, "pareto_front": [list(_row_key(r)) for r in front], "policy_comparison": comparison,
+              "notes": list(notes)}
     atomic_write(os.path.join(out_dir, "sweep.json"), json.dumps(record, indent=1) + "\n")
-    text = format_table(rows, record["pareto_front"])
+    text = "".join(note + "\n" for note in notes) + format_table(rows, record["pareto_front"])
     if format_comparison(comparison):
         text += "\n\n" + format_comparison(comparison)
     atomic_write(os.path.join(out_dir, "sweep.txt"), text + "\n")
@@ -259,9 +319,10 @@ def _pooled_share(model, loader, batch_size, setting):
 
 
 def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeats=5):
-    """Evaluate every setting of ``settings`` not already in ``out_dir/sweep.csv`` with the weights of
-    ``args.ckpt_path``, appending each row as it finishes, then write the reports. Returns all rows (the
-    ones of ``settings``, in their order)."""
+    """Evaluate every setting of ``settings``, as :func:`resolve_settings` relabels and dedupes them, that
+    is not already in ``out_dir/sweep.csv`` with the weights of ``args.ckpt_path``, appending each row as it
+    finishes. Returns ``(rows, notes)``: the rows of the resolved settings in their order, and the notes of
+    :func:`resolve_settings` (also logged)."""
     csv_path = os.path.join(out_dir, "sweep.csv")
     weights = str(args.ckpt_path or "")
     if not os.path.isfile(weights):
@@ -269,16 +330,19 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
     identity = {"model": f"{args.model}@{args.image_resize}px", "weights_sha256": file_digest(weights),
                 "data": os.path.join(args.data_dir, args.val_split)}
     rows = read_rows(csv_path, identity)
+    dense, _ = build_eval_model(_setting_args(args, Setting("dense")))
+    settings, notes = resolve_settings(settings, dense)
     done = {_row_key(r) for r in rows}
     todo = [s for s in settings if s.key() not in done]
     if logger is not None:
+        for note in notes:
+            logger.info(note)
         logger.info("sweep of %s (weights %s) on %s/%s: %d settings, %d already in %s, %d to run", args.model,
                     weights, args.data_dir, args.val_split, len(settings), len(settings) - len(todo), csv_path,
                     len(todo))
     if todo:
         loader, _ = create_eval_loader(args)
         batches = loader.get_dataset_size()
-        dense, _ = build_eval_model(_setting_args(args, Setting("dense")))
         start = time.perf_counter()
         model, group = None, None
         for step, setting in enumerate(todo):
@@ -315,4 +379,4 @@ def run_sweep(args, settings, out_dir, logger=None, speed_rounds=3, speed_repeat
     selected = [r for r in rows if _row_key(r) in wanted]
     order = {s.key(): i for i, s in enumerate(settings)}
     selected.sort(key=lambda r: order.get(_row_key(r), len(order)))
-    return selected
+    return selected, notes

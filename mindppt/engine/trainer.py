@@ -29,14 +29,13 @@ import os
 import time
 
 import mindspore as ms
-import numpy as np
 from mindspore.train import Model
 
 from mindppt.config import save_config
 from mindppt.errors import TrainingError, TrainingInterrupted
 from mindppt.logger import get_logger
 from mindppt.models.amp import apply_amp
-from mindppt.models.flops import model_gmacs
+from mindppt.models.flops import count_params, model_gmacs
 from mindppt.models.weights import copy_weights
 
 from .build import (
@@ -139,7 +138,7 @@ def train(args):
     distillation = describe_distillation(args, model, teacher_info)
     gmacs, token_schedule = model_gmacs(model), [n_out for _, n_out in model.token_schedule]
     clamps = describe_r_clamps(r_clamps(model))
-    params_m = sum(int(np.prod(p.shape)) for p in model.trainable_params()) / 1e6
+    params_m = count_params(model) / 1e6
     eval_model = apply_amp(eval_model, args.val_amp_level)
     model, lr_values, train_step = build_recipe_step(args, model, steps_per_epoch, group_size, teacher)
     base_lr = resolve_lr(args, group_size)

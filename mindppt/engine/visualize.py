@@ -9,7 +9,7 @@ from sklearn.datasets import load_sample_images
 from mindppt.device import setup_device
 from mindppt.engine.predict import cfg_preprocess, list_images, load_images, preprocess_images
 from mindppt.errors import CheckpointError, ConfigError, DatasetError
-from mindppt.io import atomic_output, output_error
+from mindppt.io import atomic_output, check_writable
 from mindppt.models import create_model, inspect_compression
 from mindppt.visualize import compression_figure
 
@@ -34,6 +34,7 @@ def draw_token_maps(model, out, *, images=(), ckpt_path="", num_classes=1000, th
     block: ``block``, ``tokens`` (left after it), ``policies`` ("pool"/"prune" per image), ``variance``.
     Raises DeviceUnavailableError, ConfigError (a model that cannot be built, or compresses nothing),
     CheckpointError, DatasetError (no readable image) and OutputError (``out`` cannot be written there)."""
+    check_writable(out)  # before any work
     setup_device(device_target, mode="graph")
     kwargs = {"trace_source": True}
     if threshold is not None:
@@ -59,11 +60,8 @@ def draw_token_maps(model, out, *, images=(), ckpt_path="", num_classes=1000, th
     if not infos:
         raise ConfigError(f"model {model} compresses no tokens (r_tokens=0?): nothing to draw")
     sheet = compression_figure(np.stack(views), infos, net.patch_embed.grid, scale=scale, titles=names)
-    try:
-        with atomic_output(out, suffix=".png") as tmp:
-            sheet.save(tmp)
-    except OSError as err:
-        raise output_error(out, err) from None
+    with atomic_output(out, suffix=".png") as tmp:  # OutputError when out cannot be written there
+        sheet.save(tmp)
     blocks = [{"block": info["block"], "tokens": int(info["size"].shape[1]),
                "policies": ["pool" if p else "prune" for p in info["pooled"]], "variance": info["variance"]}
               for info in infos]

@@ -1,4 +1,11 @@
-"""Analytic multiply-accumulate counts (as papers report "FLOPs") from a model's token schedule."""
+"""A model's size and cost: its parameter count, and analytic multiply-accumulate counts (as papers report
+"FLOPs") from its token schedule."""
+
+
+def count_params(model):
+    """Number of weights of ``model``: its trainable parameters, as timm and the papers count them (not
+    BatchNorm statistics, nor PPT's threshold, a run-time setting)."""
+    return sum(int(p.size) for p in model.trainable_params())
 
 
 def block_macs(tokens_in, tokens_out, dim, mlp_ratio=4.0):

@@ -442,6 +442,16 @@ def normalise_r_tokens(r_tokens, depth, pp_loc_list):
     return [values[i] if i in pp_loc_list else 0 for i in range(depth)]
 
 
+def token_schedule(num_tokens, r_per_block, num_protected=1):
+    """``[(tokens in, tokens out)]`` of each block when block ``i`` is asked to remove ``r_per_block[i]``
+    tokens: each removes :func:`effective_r` of its input, so a large r is clamped block by block."""
+    schedule = []
+    for r in r_per_block:
+        schedule.append((num_tokens, num_tokens - effective_r(num_tokens, r, num_protected)))
+        num_tokens = schedule[-1][1]
+    return schedule
+
+
 class VisionTransformer(nn.Cell):
     """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
     the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model. ``threshold``: one number for
@@ -478,12 +488,9 @@ class VisionTransformer(nn.Cell):
                                    name="pos_embed")
         self.pos_drop = Dropout(drop_rate)
 
+        self.pp_loc_list = tuple(int(i) for i in pp_loc_list)
         self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
-        self.token_schedule = []  # (tokens in, tokens out) per block
-        for r in self.r_per_block:
-            self.token_schedule.append(
-                (num_tokens, num_tokens - effective_r(num_tokens, r, self.num_prefix_tokens)))
-            num_tokens = self.token_schedule[-1][1]
+        self.token_schedule = token_schedule(num_tokens, self.r_per_block, self.num_prefix_tokens)
         thresholds = dict(zip(self.compression_blocks, normalise_thresholds(threshold, self.compression_blocks)))
         drop_path = np.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
@@ -510,6 +517,13 @@ class VisionTransformer(nn.Cell):
                 cell.weight.set_data(initializer(TruncatedNormal(0.02), cell.weight.shape, cell.weight.dtype))
                 if cell.bias is not None:
                     cell.bias.set_data(initializer(Zero(), cell.bias.shape, cell.bias.dtype))
+
+    def schedule_with(self, r_tokens, pp_loc_list=None):
+        """The token schedule this architecture has with ``r_tokens`` at ``pp_loc_list`` (None: this
+        model's blocks), without building that model."""
+        blocks = self.pp_loc_list if pp_loc_list is None else pp_loc_list
+        return token_schedule(self.num_original_tokens, normalise_r_tokens(r_tokens, self.depth, blocks),
+                              self.num_prefix_tokens)
 
     @property
     def compression_blocks(self):

@@ -4,17 +4,13 @@ The tools print a :data:`USER_ERRORS` instance as one ``error: ...`` line and ex
 message names the file, option or value at fault and what was expected.
 """
 
-__all__ = ["ConfigError", "CliError", "DeviceUnavailableError", "DatasetError", "DatasetWarning",
+__all__ = ["ConfigError", "DeviceUnavailableError", "DatasetError", "DatasetWarning",
            "CheckpointError", "CheckpointSaveError", "ExportError", "OutputError", "TrainingError",
            "TrainingInterrupted", "USER_ERRORS"]
 
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid (the message says which file, key and value)."""
-
-
-class CliError(ValueError):
-    """A command-line usage error (already formatted by argparse)."""
 
 
 class DeviceUnavailableError(ValueError):
@@ -78,5 +74,5 @@ class TrainingInterrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-USER_ERRORS = (CliError, ConfigError, DeviceUnavailableError, DatasetError, CheckpointError, ExportError,
+USER_ERRORS = (ConfigError, DeviceUnavailableError, DatasetError, CheckpointError, ExportError,
                OutputError)

@@ -893,8 +893,9 @@ def test_unavailable_device_is_one_line_naming_target_available_and_flags(jobs):
 
     if is_available("Ascend"):
         pytest.fail("this test expects a machine without Ascend (it checks the error a CPU machine gives)")
-    for name, flags in (("ascend_recipe_eval", "--device_target CPU --amp_level O0"),
-                        ("ascend_recipe_train", "--device_target CPU --amp_level O0 --loss_scale_type none")):
+    for name, flags in (("ascend_recipe_eval", "--device_target CPU --val_amp_level O0"),
+                        ("ascend_recipe_train",
+                         "--device_target CPU --amp_level O0 --val_amp_level O0 --loss_scale_type none")):
         res = jobs.get(name)
         line = assert_error(res, "device_target Ascend is not available", "available: CPU", flags,
                             "--device_target auto")

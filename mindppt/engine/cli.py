@@ -34,8 +34,9 @@ def parse_cli(argv=None, tool="train", description=None, add_tool_options=None):
     DeviceUnavailableError."""
     args = parse_args(argv, tool=tool, description=description, add_tool_options=add_tool_options)
     training = tool in ("train", "demo")
-    amp = args.amp_level if training else args.val_amp_level
-    cpu_flags = [f"--{'amp_level' if training else 'val_amp_level'} O0" if amp != "O0" else "",
+    # what a recipe for Ascend/GPU (fp16 mixed precision, loss scaling) has to drop to run on the CPU
+    cpu_flags = ["--amp_level O0" if training and args.amp_level != "O0" else "",
+                 "--val_amp_level O0" if args.val_amp_level != "O0" else "",
                  "--loss_scale_type none" if training and args.loss_scale_type != "none" else ""]
     args.device_target = resolve_device_target(args.device_target, " ".join(f for f in cpu_flags if f))
     return resolve_preprocessing(args)

@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p = tool_parser("tools/visualize.py", __doc__)
     own = p.add_argument_group("visualize")
     own.add_argument("--images", nargs="*", default=[], help="image files or folders")
-    own.add_argument("--scale", type=int_type(lo=1), default=2, help="magnification of the drawn images")
+    own.add_argument("--zoom", type=int_type(lo=1), default=2, help="magnification of the drawn images")
     own.add_argument("--out", default="outputs/tokens.png", help="the figure (PNG)")
     add_options(p.add_argument_group("model"), ("model", "num_classes", "ckpt_path", "eval_threshold"))
     add_options(p.add_argument_group("device"), ("device_target",))
@@ -32,7 +32,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     result = draw_token_maps(args.model, args.out, images=args.images, ckpt_path=args.ckpt_path or "",
-                             num_classes=args.num_classes, threshold=args.eval_threshold, scale=args.scale,
+                             num_classes=args.num_classes, threshold=args.eval_threshold, scale=args.zoom,
                              device_target=args.device_target)
     print(f"wrote {result['out']}")
     for block in result["blocks"]:

@@ -442,6 +442,16 @@ def normalise_r_tokens(r_tokens, depth, pp_loc_list):
     return [values[i] if i in pp_loc_list else 0 for i in range(depth)]
 
 
+def token_schedule(num_tokens, r_per_block, num_protected=1):
+    """``[(tokens in, tokens out)]`` of each block when block ``i`` is asked to remove ``r_per_block[i]``
+    tokens: each removes :func:`effective_r` of its input, so a large r is clamped block by block."""
+    schedule = []
+    for r in r_per_block:
+        schedule.append((num_tokens, num_tokens - effective_r(num_tokens, r, num_protected)))
+        num_tokens = schedule[-1][1]
+    return schedule
+
+
 class VisionTransformer(nn.Cell):
     """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
     the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model. ``threshold``: one number for
@@ -478,12 +488,9 @@ class VisionTransformer(nn.Cell):
                                    name="pos_embed")
         self.pos_drop = Dropout(drop_rate)
 
+        self.pp_loc_list = tuple(int(i) for i in pp_loc_list)
         self.r_per_block = normalise_r_tokens(r_tokens, depth, pp_loc_list)
-        self.token_schedule = []  # (tokens in, tokens out) per block
-        for r in self.r_per_block:
-            self.token_schedule.append(
-                (num_tokens, num_tokens - effective_r(num_tokens, r, self.num_prefix_tokens)))
-            num_tokens = self.token_schedule[-1][1]
+        self.token_schedule = token_schedule(num_tokens, self.r_per_block, self.num_prefix_tokens)
         thresholds = dict(zip(self.compression_blocks, normalise_thresholds(threshold, self.compression_blocks)))
         drop_path = np.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
@@ -511,6 +518,13 @@ class VisionTransformer(nn.Cell):
                 if cell.bias is not None:
                     cell.bias.set_data(initializer(Zero(), cell.bias.shape, cell.bias.dtype))
 
+    def schedule_with(self, r_tokens, pp_loc_list=None):
+        """The token schedule this architecture has with ``r_tokens`` at ``pp_loc_list`` (None: this
+        model's blocks), without building that model."""
+        blocks = self.pp_loc_list if pp_loc_list is None else pp_loc_list
+        return token_schedule(self.num_original_tokens, normalise_r_tokens(r_tokens, self.depth, blocks),
+                              self.num_prefix_tokens)
+
     @property
     def compression_blocks(self):
         return [i for i, (n_in, n_out) in enumerate(self.token_schedule) if n_out < n_in]
@@ -528,8 +542,9 @@ class VisionTransformer(nn.Cell):
         for i, value in zip(blocks, normalise_thresholds(threshold, blocks)):
             self.blocks[i].compression.threshold = value
 
-    def head_macs(self):
-        """Multiply-accumulates of the classifier head(s) for one image."""
+    def head_macs(self, tokens_out=None):
+        """Multiply-accumulates of the classifier head(s) for one image (``tokens_out``: the tokens left
+        after the last block, default this model's)."""
         return (2 if self.distilled else 1) * self.embed_dim * max(self.num_classes, 0)
 
     def forward_features(self, x):

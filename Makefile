@@ -47,5 +47,15 @@ analyze: $(STAMP)
 	$(RUN) $(VPY) tools/sweep.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --r 8 16 24 32 \
 		--thresholds 2e-4 5e-4 1e-3 --policy adaptive prune pool --out outputs/analyze/sweep
 
+# Tuning to a budget on the built-in digits (README "Tuning to a budget", docs/tuning.md): the dense digits
+# ViT of `make analyze` (trained the same way if outputs/analyze/dense/last.ckpt is absent), at most half of
+# its GMACs, 24 settings searched on 200 of the 450 validation digits, the other 250 held out for the table.
+.PHONY: tune
+tune: $(STAMP)
+	$(RUN) $(VPY) -c "from mindppt.data import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
+	test -f $(ANALYZE_CKPT) || $(RUN) $(VPY) tools/train.py -c $(ANALYZE) --r_tokens 0
+	$(RUN) $(VPY) tools/tune.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --target_ratio 0.5 --budget 24 \
+		--calib_images 200 --out outputs/tune
+
 clean:
 	rm -rf outputs

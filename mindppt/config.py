@@ -243,13 +243,15 @@ _TRAIN_GROUPS = ("device", "system", "model", "data", "preprocessing", "training
                  "checkpointing", "evaluation", "distillation")
 _INFER = ("device", "model", "data", "preprocessing", "evaluation")
 # tool: (groups it reads, options of those groups it takes from the recipe only, not the command line).
-# The sweep sets r, blocks and thresholds per setting (the recipe's are its defaults); the demo trains a
-# dense and a PPT digits ViT of its recipe into its own folders.
+# The sweep and the tuner set r, blocks and thresholds per setting (the recipe's are the sweep's defaults
+# and the tuner's first blocks); the demo trains a dense and a PPT digits ViT of its recipe into its own
+# folders.
 TOOLS = {
     "train": (_TRAIN_GROUPS, ()),
     "eval": (_INFER + ("output",), ()),
     "analyze": (_INFER, ()),
     "sweep": (_INFER, ("r_tokens", "pp_loc_list", "eval_threshold")),
+    "tune": (_INFER, ("r_tokens", "pp_loc_list", "eval_threshold")),
     "export": (_INFER, ("val_split", "num_parallel_workers", "log_interval")),
     "predict": (_INFER, ("val_split", "num_parallel_workers", "log_interval")),
     "demo": (_TRAIN_GROUPS, ("distribute", "data_dir", "ckpt_save_dir", "resume_opt", "distillation_type",
@@ -260,7 +262,7 @@ TOOLS = {
 _INSTEAD = {"sweep": {"r_tokens": "--r", "eval_threshold": "--thresholds"}}
 # options of a tool's own group (--out ...) are added by the tool; export and predict read the class
 # names from data_dir/train_split
-_EXTRA = {"export": ("train_split",), "predict": ("train_split",)}
+_EXTRA = {"export": ("train_split",), "predict": ("train_split",), "tune": ("seed",)}  # tune: the seed of its split
 
 ALL_OPTIONS = {o.name: o for group in GROUPS.values() for o in group}
 

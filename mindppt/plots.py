@@ -13,13 +13,17 @@ from matplotlib.figure import Figure
 
 from mindppt.io import atomic_output
 
-__all__ = ["DPI", "VARIANCE_PANEL", "TRADEOFF_SIZE", "POLICY_COLOURS", "variance_figure", "tradeoff_figure",
-           "variance_pixels"]
+__all__ = ["DPI", "VARIANCE_PANEL", "TRADEOFF_SIZE", "TUNING_SIZE", "POLICY_COLOURS", "REPORT_MARKERS",
+           "variance_figure", "tradeoff_figure", "tuning_figure", "variance_pixels"]
 
 DPI = 100
 VARIANCE_PANEL = (4.2, 3.0)  # inches per block and row (scatter, histogram)
 TRADEOFF_SIZE = (7.0, 5.0)
+TUNING_SIZE = (12.0, 5.0)
 POLICY_COLOURS = {"pool": "tab:blue", "prune": "tab:red", "adaptive": "tab:green", "dense": "black"}
+# tuning_figure: (marker, size, colour) of each reported setting
+REPORT_MARKERS = {"chosen": ("o", 160, "gold"), "dense": ("*", 220, "black"), "paper default": ("D", 70, "tab:purple"),
+                  "pool-only": ("s", 50, "tab:blue"), "prune-only": ("s", 50, "tab:red")}
 
 
 def variance_pixels(num_blocks):
@@ -118,4 +122,37 @@ def tradeoff_figure(path, series, dense=None, front=(), title=None, x_label="GMA
     ax.legend(fontsize=9, loc="lower right")
     if title:
         ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def tuning_figure(path, evaluated, reported, target=None, title=None):
+    """The search of tools/tune.py: top-1 against GMACs on the calibration images (left: ``evaluated``,
+    ``{policy: [(gmacs, top1), ...]}``, every setting the search evaluated, and the reported settings) and
+    on the held-out images (right: the reported settings). ``reported``: dicts with ``name`` (a key of
+    :data:`REPORT_MARKERS`), ``gmacs``, ``calibration_top1`` and ``heldout_top1``; ``target``: GMACs drawn
+    as a dashed line."""
+    fig = Figure(figsize=TUNING_SIZE, dpi=DPI, layout="constrained")
+    search, heldout = fig.subplots(1, 2, sharex=True)
+    for policy, points in evaluated.items():
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        if len(points):
+            search.scatter(points[:, 0], points[:, 1], s=18, color=POLICY_COLOURS.get(policy), alpha=0.6,
+                           linewidths=0, label=f"{policy} ({len(points)})")
+    for ax, key in ((search, "calibration_top1"), (heldout, "heldout_top1")):
+        for row in reported:
+            marker, size, colour = REPORT_MARKERS[row["name"]]
+            hollow = row["name"] == "chosen"
+            ax.scatter([row["gmacs"]], [row[key]], marker=marker, s=size, zorder=6 if hollow else 5, linewidths=1.8,
+                       facecolors="none" if hollow else colour, edgecolors=colour,
+                       label=f"{row['name']} ({row[key]:.2f}%)")
+        if target is not None:
+            ax.axvline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.4g} GMACs")
+        ax.set_xlabel("GMACs")
+        ax.set_ylabel("top-1 %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    search.set_title("search: every evaluated setting, calibration images", fontsize=10)
+    heldout.set_title("report: held-out images", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -248,8 +248,12 @@ def _check_shards(num_shards, shard_id):
 def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Optional[int] = None,
                    shard_id: Optional[int] = None, num_parallel_workers: int = 2, aug_repeats: int = 0,
                    seed: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
-                   verify_images: bool = True, python_multiprocessing: bool = False) -> ds.GeneratorDataset:
+                   verify_images: bool = True, python_multiprocessing: bool = False,
+                   indices: Optional[Sequence[int]] = None) -> ds.GeneratorDataset:
     """Unbatched ImageFolder dataset with columns "image" (RGB uint8 HWC) and "label" (int32 scalar).
+
+    ``indices``: only these samples of the scanned split (positions in ``index.samples``), in this order
+    (e.g. disjoint calibration and held-out subsets of one split); not with sharding or ``aug_repeats``.
 
     Sharding: with ``num_shards``/``shard_id`` MindSpore's distributed sampler gives each shard
     ``ceil(N / num_shards)`` samples; when N is not divisible the last shards are padded by wrapping
@@ -264,7 +268,15 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
     ``map``/``batch`` return new objects without them.
     """
     _check_shards(num_shards, shard_id)
+    if indices is not None and (num_shards is not None or aug_repeats):
+        raise ValueError("indices select a fixed subset: not with num_shards or aug_repeats")
     index = scan_image_folder(data_dir, split, class_names=class_names, verify_images=verify_images)
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(index)]
+        if bad or not indices:
+            raise DatasetError(f"{index.root}: sample indices must be 0..{len(index) - 1} and not empty, got "
+                               f"{bad[:_MAX_EXAMPLES] if bad else 'none'}")
     if seed is not None:
         ds.config.set_seed(int(seed))
     source = _ImageSource(index.samples)
@@ -276,6 +288,8 @@ def create_dataset(data_dir: str, split: str, *, shuffle: bool, num_shards: Opti
                                    shuffle=shuffle, repeats=int(aug_repeats),
                                    seed=int(seed) if seed is not None else ds.config.get_seed())
         dataset = ds.GeneratorDataset(source, sampler=sampler, **common)
+    elif indices is not None:
+        dataset = ds.GeneratorDataset(source, sampler=ds.SubsetSampler(indices), **common)
     else:
         dataset = ds.GeneratorDataset(source, shuffle=shuffle, num_shards=num_shards, shard_id=shard_id, **common)
     dataset.class_names = index.class_names
@@ -289,7 +303,7 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
                   shard_id: Optional[int] = None, shuffle: Optional[bool] = None,
                   num_parallel_workers: int = 2, aug_repeats: int = 0, seed: Optional[int] = None,
                   class_names: Optional[Sequence[str]] = None, verify_images: bool = True,
-                  python_multiprocessing: bool = False,
+                  python_multiprocessing: bool = False, indices: Optional[Sequence[int]] = None,
                   # mixup / cutmix / label smoothing (training only)
                   mixup: float = 0.8, cutmix: float = 1.0, mixup_prob: float = 1.0, switch_prob: float = 0.5,
                   label_smoothing: float = 0.1,
@@ -307,7 +321,8 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
     order and every sample (``drop_remainder=False``).
 
     Returns ``(dataset, num_samples)``: ``num_samples`` is the number of readable images in the whole
-    split (all shards); ``dataset.get_dataset_size()`` is the number of batches this shard yields.
+    split (all shards), or of ``indices`` (a subset of the split, see :func:`create_dataset`);
+    ``dataset.get_dataset_size()`` is the number of batches this shard yields.
     The dataset also has a ``class_names`` attribute.
     """
     if batch_size < 1:
@@ -317,8 +332,9 @@ def create_loader(data_dir: str, split: str, *, batch_size: int, is_training: bo
     dataset = create_dataset(data_dir, split, shuffle=shuffle, num_shards=num_shards, shard_id=shard_id,
                              num_parallel_workers=num_parallel_workers, aug_repeats=aug_repeats, seed=seed,
                              class_names=class_names, verify_images=verify_images,
-                             python_multiprocessing=python_multiprocessing)
-    names, num_samples = dataset.class_names, len(dataset.index)
+                             python_multiprocessing=python_multiprocessing, indices=indices)
+    names = dataset.class_names
+    num_samples = len(dataset.index) if indices is None else len(indices)
     num_classes = len(names) if num_classes is None else int(num_classes)
     if num_classes < len(names):
         raise DatasetError(f"num_classes={num_classes} but {dataset.index.root} has {len(names)} class folders")

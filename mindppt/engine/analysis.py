@@ -24,7 +24,7 @@ from .build import build_eval_model, create_eval_loader, describe_threshold
 from .evaluate import pad_batch
 
 __all__ = ["Decisions", "collect_decisions", "block_statistics", "threshold_for_share", "calibrate_thresholds",
-           "normalise_shares", "run_analysis", "QUANTILES"]
+           "normalise_shares", "run_analysis", "json_finite", "QUANTILES"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -170,21 +170,22 @@ def _write_run(out_dir, name, decisions, thresholds, title):
                                          for j, b in enumerate(decisions.blocks)},
                             "pooled": {str(b): decisions.pooled[:, j].tolist()
                                        for j, b in enumerate(decisions.blocks)}}}
-    atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(_finite(record), indent=1) + "\n")
+    atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(json_finite(record), indent=1) + "\n")
     atomic_write(os.path.join(out_dir, f"{name}_blocks.csv"), _blocks_csv(stats))
     atomic_write(os.path.join(out_dir, f"{name}_images.csv"), _per_image_csv(decisions))
     variance_figure(os.path.join(out_dir, f"{name}.png"), _figure_blocks(decisions, thresholds), title=title)
     return stats
 
 
-def _finite(value):
-    """JSON has no inf: an always-pool threshold is written as the string "inf"."""
+def json_finite(value):
+    """``value`` (nested dicts and lists) for JSON, which has no inf: an always-pool threshold is written as
+    the string "inf"."""
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 
@@ -247,5 +248,5 @@ def run_analysis(args, out_dir, *, max_images=None, target_shares=None, logger=N
         atomic_write(os.path.join(out_dir, "calibrated_threshold.yaml"), snippet)
         summary["calibrated"] = {"target_shares": shares, "thresholds": thresholds, "blocks": stats,
                                  "yaml": snippet}
-    atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(_finite(summary), indent=1) + "\n")
+    atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(json_finite(summary), indent=1) + "\n")
     return summary

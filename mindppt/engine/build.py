@@ -159,10 +159,11 @@ def _loader_options(args, rank, group_size):
                 num_parallel_workers=args.num_parallel_workers, **shards)
 
 
-def create_eval_loader(args, class_names=None, rank=0, group_size=1):
-    """The evaluation loader of ``data_dir/val_split`` and its number of images."""
+def create_eval_loader(args, class_names=None, rank=0, group_size=1, indices=None):
+    """The evaluation loader of ``data_dir/val_split`` (``indices``: only those images of it, in that
+    order) and its number of images."""
     return create_loader(args.data_dir, args.val_split, is_training=False, class_names=class_names,
-                         **_loader_options(args, rank, group_size))
+                         indices=indices, **_loader_options(args, rank, group_size))
 
 
 def create_train_loaders(args, rank=0, group_size=1):

@@ -175,10 +175,11 @@ def file_digest(path):
     return digest.hexdigest()[:16]
 
 
-def read_rows(path, identity=None):
+def read_rows(path, identity=None, columns=COLUMNS, number_columns=NUMBER_COLUMNS, what="sweep"):
     """Rows of an existing ``sweep.csv`` (numbers as floats), or ``[]``. With ``identity`` (values of
     :data:`IDENTITY_COLUMNS`), rows of another model, other weights or other data are refused: their
-    settings would be skipped as if done."""
+    settings would be skipped as if done. ``columns``, ``number_columns``, ``what``: another table kept
+    the same way (tools/tune.py's tune.csv)."""
     if not os.path.exists(path):
         return []
     try:
@@ -187,27 +188,27 @@ def read_rows(path, identity=None):
             rows = list(reader)
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError(f"cannot read the sweep rows in {path}: {err}") from None
-    if tuple(header) != COLUMNS:
-        raise ConfigError(f"{path} is not a sweep table of this version (columns {header}); use another --out "
+        raise ConfigError(f"cannot read the {what} rows in {path}: {err}") from None
+    if tuple(header) != tuple(columns):
+        raise ConfigError(f"{path} is not a {what} table of this version (columns {header}); use another --out "
                           f"or remove it")
     for row in rows:
         for column, expected in (identity or {}).items():
             if row[column] != str(expected):
-                raise ConfigError(f"{path} holds a sweep of {column} {row[column]!r}, not {str(expected)!r}; use "
+                raise ConfigError(f"{path} holds a {what} of {column} {row[column]!r}, not {str(expected)!r}; use "
                                   f"another --out, or remove the file to start over")
-        for column in NUMBER_COLUMNS:
+        for column in number_columns:
             row[column] = float(row[column])
     return rows
 
 
-def write_rows(path, rows):
+def write_rows(path, rows, columns=COLUMNS):
     """All rows, atomically (a reader or a crash sees the previous table or the new one)."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: (f"{row[c]:.9g}" if isinstance(row[c], float) else row[c]) for c in COLUMNS})
+        writer.writerow({c: (f"{row[c]:.9g}" if isinstance(row[c], float) else row[c]) for c in columns})
     return atomic_write(path, text.getvalue())
 
 

@@ -16,9 +16,11 @@ def block_macs(tokens_in, tokens_out, dim, mlp_ratio=4.0):
     return attention + mlp
 
 
-def model_gmacs(model):
+def model_gmacs(model, token_schedule=None):
     """GMACs of a mindppt VisionTransformer (or subclass) for one image: its patch embedding's and
-    head's own counts, and the blocks by the token schedule."""
+    head's own counts, and the blocks by the token schedule: the model's own, or ``token_schedule``
+    (another setting of the same architecture, from ``model.schedule_with(r_tokens, pp_loc_list)``)."""
+    schedule = model.token_schedule if token_schedule is None else token_schedule
     mlp_ratio = model.blocks[0].mlp.fc1.weight.shape[0] / model.embed_dim
-    blocks = sum(block_macs(n_in, n_out, model.embed_dim, mlp_ratio) for n_in, n_out in model.token_schedule)
-    return (model.patch_embed.macs() + blocks + model.head_macs()) / 1e9
+    blocks = sum(block_macs(n_in, n_out, model.embed_dim, mlp_ratio) for n_in, n_out in schedule)
+    return (model.patch_embed.macs() + blocks + model.head_macs(schedule[-1][1])) / 1e9

@@ -110,9 +110,11 @@ class LVViT(VisionTransformer):
             self.aux_head.weight.set_data(initializer(TruncatedNormal(0.02), (num_classes, dim)))
             self.aux_head.bias.set_data(initializer(Zero(), (num_classes,)))
 
-    def head_macs(self):
-        """The class head on the class token and the auxiliary head on every token left at the end."""
-        return self.token_schedule[-1][1] * self.embed_dim * max(self.num_classes, 0)
+    def head_macs(self, tokens_out=None):
+        """The class head on the class token and the auxiliary head on every token left at the end
+        (``tokens_out``, default this model's)."""
+        tokens_out = self.token_schedule[-1][1] if tokens_out is None else tokens_out
+        return tokens_out * self.embed_dim * max(self.num_classes, 0)
 
     def forward_heads(self, x):
         """Class-head logits (B, K) and auxiliary-head logits of every other token (B, N - 1, K)."""

@@ -542,8 +542,9 @@ class VisionTransformer(nn.Cell):
         for i, value in zip(blocks, normalise_thresholds(threshold, blocks)):
             self.blocks[i].compression.threshold = value
 
-    def head_macs(self):
-        """Multiply-accumulates of the classifier head(s) for one image."""
+    def head_macs(self, tokens_out=None):
+        """Multiply-accumulates of the classifier head(s) for one image (``tokens_out``: the tokens left
+        after the last block, default this model's)."""
         return (2 if self.distilled else 1) * self.embed_dim * max(self.num_classes, 0)
 
     def forward_features(self, x):

@@ -259,7 +259,9 @@ TOOLS = {
              + tuple(o.name for o in GROUPS["model"])),
 }
 # the tool's own flag that replaces a recipe-only option on its command line
-_INSTEAD = {"sweep": {"r_tokens": "--r", "eval_threshold": "--thresholds"}}
+_INSTEAD = {"sweep": {"r_tokens": "--r", "eval_threshold": "--thresholds"},
+            "tune": {"pp_loc_list": "--blocks", "r_tokens": "a target (--target_gmacs, --target_ratio, ...)",
+                     "eval_threshold": "a target (--target_gmacs, --target_ratio, ...)"}}
 # options of a tool's own group (--out ...) are added by the tool; export and predict read the class
 # names from data_dir/train_split
 _EXTRA = {"export": ("train_split",), "predict": ("train_split",), "tune": ("seed",)}  # tune: the seed of its split

@@ -5,6 +5,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -38,23 +43,85 @@ inline unsigned NumThreads() {
   return threads;
 }
 
+// The worker threads of ParallelFor, started once per process: starting a thread per kernel call cost
+// more than the work of many calls at batch 1. Workers sleep on a condition variable between jobs (no
+// spinning, which would take the cores from MindSpore's own threads). One job at a time: a kernel called
+// while another one's job runs (parallel branches of a graph) does its work inline.
+class WorkerPool {
+ public:
+  static WorkerPool &Get() {
+    static std::mutex creation;
+    static WorkerPool *pool = nullptr;
+    std::lock_guard<std::mutex> guard(creation);
+    if (pool == nullptr || pool->pid_ != getpid()) pool = new WorkerPool(NumThreads() - 1);  // a fork has no workers
+    return *pool;
+  }
+
+  unsigned size() const { return static_cast<unsigned>(workers_); }
+
+  // job(t) for t in [0, size()]: t = 0 on the calling thread. False (nothing run) when another job is running.
+  bool Run(const std::function<void(unsigned)> &job) {
+    std::unique_lock<std::mutex> running(run_, std::try_to_lock);
+    if (!running.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      job_ = &job;
+      pending_ = workers_;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    return true;
+  }
+
+ private:
+  explicit WorkerPool(unsigned workers) : workers_(workers), pid_(getpid()) {
+    for (unsigned w = 0; w < workers; ++w) std::thread(&WorkerPool::Loop, this, w + 1).detach();
+  }
+
+  void Loop(unsigned id) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(unsigned)> *job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_;
+      }
+      (*job)(id);
+      std::lock_guard<std::mutex> guard(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  const unsigned workers_;
+  const pid_t pid_;
+  std::mutex run_, mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(unsigned)> *job_ = nullptr;
+  unsigned pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
 // fn(thread, begin, end) over [0, n) split into one contiguous chunk per thread; small jobs run inline
-// (starting a thread costs more than they do).
+// (waking a worker costs more than they do).
 template <typename Fn>
 void ParallelFor(int64_t n, int64_t work_per_item, Fn fn) {
-  const unsigned threads = NumThreads();
-  if (threads < 2 || n < 2 || n * work_per_item < 65536) {
+  if (NumThreads() < 2 || n < 2 || n * work_per_item < 65536) {
     fn(0u, int64_t{0}, n);
     return;
   }
+  WorkerPool &pool = WorkerPool::Get();
+  const unsigned threads = pool.size() + 1;
   const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) {
+  const std::function<void(unsigned)> job = [&](unsigned t) {
     const int64_t begin = t * chunk, end = begin + chunk < n ? begin + chunk : n;
-    if (begin < end) pool.emplace_back(fn, t, begin, end);
-  }
-  fn(0u, int64_t{0}, chunk < n ? chunk : n);
-  for (auto &worker : pool) worker.join();
+    if (begin < end) fn(t, begin, end);
+  };
+  if (!pool.Run(job)) fn(0u, int64_t{0}, n);
 }
 
 inline int64_t NumElements(int ndim, const int64_t *shape) {

@@ -14,7 +14,8 @@ is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindpp
 per-user temporary directory when that is not writable). Anything that stops it (another backend, no
 compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable
 MindSpore-op formulation in place (the graph Ascend and GPU run); a failed build is reported once as a
-warning. The kernels split large jobs over ``MINDPPT_KERNEL_THREADS`` threads (default: every core).
+warning. The kernels split large jobs over ``MINDPPT_KERNEL_THREADS`` threads (default: every core), the
+calling one and a pool of workers started once per process.
 
 A cache may be shared between machines (an NFS home, a container image built elsewhere), so a library
 is never built for "this CPU" (``-march=native``) but for an explicit instruction-set level: on x86-64

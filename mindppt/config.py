@@ -219,7 +219,6 @@ _MINDCV_UNUSED = {
     # key: (type, values that change nothing (None: any), why it changes nothing)
     "dataset_download": (str2bool, None, "the data is read from ImageFolder directories, nothing is downloaded"),
     "dataset_sink_mode": (str2bool, None, "the training loop feeds every step from the host (no dataset sink)"),
-    "val_amp_level": None,  # a real option (evaluation group)
     "eval_shuffle": (str2bool, None, "evaluation metrics do not depend on the order of the images"),
     "num_samples": (optional(int_type(lo=1)), (None,), "subsampling a split is not implemented; "
                                                       "point data_dir at a smaller ImageFolder"),
@@ -236,7 +235,6 @@ _MINDCV_UNUSED = {
     "multi_step_decay_milestones": (list_of(int_type(lo=0)), None, "it applies to multi_step_decay, which "
                                                                   "mindppt does not offer"),
 }
-del _MINDCV_UNUSED["val_amp_level"]
 
 # ---- the tools ---------------------------------------------------------------------------------------
 _TRAIN_GROUPS = ("device", "system", "model", "data", "preprocessing", "training", "augmentation", "optimisation",

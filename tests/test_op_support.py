@@ -25,6 +25,7 @@ from model_helpers import (
     GELU_GRAD_ATOL,
     MINDSPORE_PHI_ULPS,
     U32,
+    SumOf,
     assert_gelu_close,
     exact_gelu_grad,
     gelu_tolerance,
@@ -231,21 +232,12 @@ def test_report_writes_the_docs_table_between_the_markers(tmp_path):
 # Ascend-only PowTensorScalar; it must compute the same function and gradient.
 # --------------------------------------------------------------------------------------------
 
-class _Weighted(nn.Cell):
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def construct(self, x, weight):
-        return (self.act(x) * weight).sum()
-
-
 class _GradOf(nn.Cell):
     """d/dx of sum(act(x) * weight), compiled as one graph."""
 
     def __init__(self, act):
         super().__init__()
-        self.net = _Weighted(act)
+        self.net = SumOf(act)
 
     def construct(self, x, weight):
         return ms.grad(self.net)(x, weight)

@@ -115,8 +115,9 @@ def _requirements_file(name):
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="reads pyproject.toml with tomllib (Python 3.11+); tomli, "
-                                                       "its backport, is not a dependency")
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="on Python < 3.11 the runtime dependencies are not checked "
+                                                       "against the imports: pyproject.toml is read with tomllib "
+                                                       "(3.11+) and tomli, its backport, is not a dependency")
 def test_runtime_dependencies_are_what_the_package_imports():
     """pyproject's [project].dependencies name exactly the distributions that mindppt/ imports (import names
     mapped to distributions by the installed packages' metadata: yaml -> PyYAML, PIL -> pillow, ...);

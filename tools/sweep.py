@@ -18,12 +18,12 @@ the output says which --r became which r.
 Every other --key value is a config option (as for tools/eval.py).
 """
 import os
-import signal
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
+from mindppt.engine.signals import sigterm_as_keyboard_interrupt  # noqa: E402
 from mindppt.engine.sweep import POLICIES, expand_settings, run_sweep, write_reports  # noqa: E402
 from mindppt.errors import ConfigError  # noqa: E402
 from mindppt.logger import get_logger  # noqa: E402
@@ -44,10 +44,6 @@ def tool_options(p):
                    help="policies to sweep: adaptive (PPT), prune (threshold 0), pool (threshold infinity)")
 
 
-def interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv=None):
     args = opts = parse_cli(argv, tool="sweep", description=__doc__, add_tool_options=tool_options)
     thresholds = opts.thresholds
@@ -58,8 +54,7 @@ def main(argv=None):
     pp_loc_lists = opts.pp_loc_lists or ([args.pp_loc_list] if args.pp_loc_list is not None else None)
     settings = expand_settings(opts.r, thresholds, pp_loc_lists, list(dict.fromkeys(opts.policy)))
     logger = get_logger(None, 0)
-    # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the sweep the same way.
-    signal.signal(signal.SIGTERM, interrupt)
+    sigterm_as_keyboard_interrupt()
     try:
         rows, notes = run_sweep(args, settings, opts.out, logger)
     except KeyboardInterrupt:

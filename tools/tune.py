@@ -24,13 +24,13 @@ seed and prints the held-out top-1 of each one's choice (compare.txt, compare.js
 Every other --key value is a config option (as for tools/eval.py).
 """
 import os
-import signal
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore logs errors only, unless GLOG_v is set (mindppt/engine/cli.py)
 
 from mindppt.engine.cli import parse_cli, run_tool  # noqa: E402
 from mindppt.engine.search import POLICIES  # noqa: E402
+from mindppt.engine.signals import sigterm_as_keyboard_interrupt  # noqa: E402
 from mindppt.engine.tune import run_comparison, run_tune  # noqa: E402
 from mindppt.logger import get_logger  # noqa: E402
 from mindppt.option_types import choice, float_type, int_type, list_of, str2bool  # noqa: E402
@@ -61,17 +61,12 @@ def tool_options(p):
                    help="compare with random search at the same budget, one run per seed")
 
 
-def interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv=None):
     args = opts = parse_cli(argv, tool="tune", description=__doc__, add_tool_options=tool_options)
     kind, value = next((k, getattr(opts, d)) for d, k in TARGET_DESTS.items() if getattr(opts, d) is not None)
     options = dict(budget=opts.budget, calib_images=opts.calib_images, blocks=opts.blocks, uniform_r=opts.uniform_r,
                    policies=list(dict.fromkeys(opts.policy)), logger=get_logger(None, 0))
-    # MindSpore turns a Ctrl-C during a graph call into SIGTERM: both stop the search the same way.
-    signal.signal(signal.SIGTERM, interrupt)
+    sigterm_as_keyboard_interrupt()
     try:
         if opts.compare_random:
             record = run_comparison(args, kind, value, opts.out, opts.compare_random, **options)

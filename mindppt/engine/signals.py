@@ -13,6 +13,14 @@ __all__ = ["StopSignals", "signal_name"]
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def sigterm_as_keyboard_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does: MindSpore turns a Ctrl-C during a graph call into
+    SIGTERM, and the resumable tools (sweep, tune) stop the same way on both."""
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def signal_name(signum):
     """SIGINT, or for SIGTERM "SIGTERM/Ctrl-C" (see the module docstring)."""
     return "SIGINT" if signum == signal.SIGINT else "SIGTERM/Ctrl-C"

@@ -10,11 +10,12 @@ sum is taken; a few roundings per element otherwise). Copies (head split/merge, 
 import mindspore as ms
 import numpy as np
 import pytest
-from model_helpers import GELU_GRAD_ATOL, U32, SumOf, assert_gelu_close, exact_gelu_grad, sharpen_attention
+from mindspore import nn
+from model_helpers import U32, SumOf, exact_gelu, gelu_tolerance, sharpen_attention
 from ppt_reference import pool, prune, significance_scores
 
 from mindppt.models import create_model, fused_cpu
-from mindppt.models.vit import GELU, LayerNorm, Linear, Softmax
+from mindppt.models.vit import GELU, Attention, LayerNorm, Linear, Softmax
 
 RNG = np.random.default_rng(0)
 
@@ -215,25 +216,84 @@ def test_fused_training_gradients_match_the_portable_model(threshold):
         assert np.abs(a - b).max() <= 2 ** 12 * U32 * max(np.abs(b).max(), 1e-30), name
 
 
-def test_bias_gelu_is_the_gelu_of_the_biased_input_with_both_gradients(library):
-    """The MLP's fc1 epilogue: gelu(x + bias) within the GELU's float32 bound of the exact GELU of the
-    (float32-rounded) sum; the input gradient the GELU's, the bias gradient its sum over rows."""
-    forward, backward = fused_cpu.bias_gelu_ops(library)
-    x = f32(RNG.standard_normal((50, 96)) * 3)
-    bias = f32(RNG.standard_normal(96))
-    h = (x + bias).astype(np.float64)  # the kernel's float32 sum, exactly
-    assert_gelu_close(forward(ms.Tensor(x), ms.Tensor(bias)).asnumpy(), h, what="bias GELU")
-    dout = f32(RNG.standard_normal(x.shape)).astype(np.float64)
-    dx = backward(ms.Tensor(x), ms.Tensor(bias), t(dout)).asnumpy()
-    expected = dout * exact_gelu_grad(h)
-    assert np.all(np.abs(dx - expected) <= np.abs(dout) * GELU_GRAD_ATOL + 2 * U32 * np.abs(expected))
-    layer = Linear(96, 96, gelu=GELU())
-    assert layer.bias_gelu is not None
-    net = SumOf(layer)
-    rows = f32(RNG.standard_normal((7, 96)))
-    weight = f32(RNG.standard_normal((7, 96)))
-    _, (dw, db) = ms.grad(net, grad_position=0, weights=net.trainable_params())(ms.Tensor(rows), ms.Tensor(weight))
-    pre = rows.astype(np.float64) @ layer.weight.asnumpy().T.astype(np.float64) + layer.bias.asnumpy()
-    dpre = weight * exact_gelu_grad(pre)
-    assert np.abs(db.asnumpy() - dpre.sum(0)).max() <= 1e-5 * np.abs(dpre).sum(0).max()
-    assert np.abs(dw.asnumpy() - dpre.T @ rows).max() <= 1e-5 * np.abs(dpre).T.dot(np.abs(rows)).max()
+def _product_bound(a, b):
+    """Rounding bound of float32 products a @ b^T summed in any order: K unit roundoffs of |a| @ |b|^T."""
+    return (a.shape[-1] + 2) * U32 * (np.abs(a) @ np.swapaxes(np.abs(b), -1, -2))
+
+
+def test_gemm_kernels_against_float64(library):
+    """The linear layer (plain, with the skip connection, with the GELU) and the two attention products,
+    each within the float32 bound of a K-term dot product of the float64 result; the heads come out merged."""
+    rng = np.random.default_rng(1)  # its own stream: the other tests' inputs stay as they were
+    linear, linear_residual, linear_gelu = fused_cpu.linear_ops(library)
+    scores, values = fused_cpu.attention_ops(library)
+    x = f32(rng.standard_normal((203, 96))).astype(np.float64)  # rows and columns not multiples of a block
+    w = f32(rng.standard_normal((131, 96)) / 10).astype(np.float64)
+    b = f32(rng.standard_normal(131)).astype(np.float64)
+    res = f32(rng.standard_normal((203, 131))).astype(np.float64)
+    pre = x @ w.T + b
+    bound = _product_bound(x, w) + 2 * U32 * (np.abs(pre) + np.abs(b))
+    assert np.all(np.abs(linear(t(x), t(w), t(b)).asnumpy() - pre) <= bound)
+    assert np.all(np.abs(linear_residual(t(x), t(w), t(b), t(res)).asnumpy() - (pre + res))
+                  <= bound + 2 * U32 * (np.abs(res) + np.abs(pre + res)))
+    gelu = linear_gelu(t(x), t(w), t(b)).asnumpy().astype(np.float64)
+    # the pre-activation's rounding carried through |gelu'| <= 1.13, then the GELU's own bound
+    assert np.all(np.abs(gelu - exact_gelu(pre)) <= 1.13 * bound + gelu_tolerance(pre))
+    q = f32(rng.standard_normal((2, 3, 29, 16))).astype(np.float64)
+    k = f32(rng.standard_normal((2, 3, 23, 16))).astype(np.float64)
+    assert np.all(np.abs(scores(t(q), t(k)).asnumpy() - q @ np.swapaxes(k, -1, -2)) <= _product_bound(q, k))
+    attn = f32(rng.uniform(0, 1, (2, 3, 29, 23))).astype(np.float64)
+    v = f32(rng.standard_normal((2, 3, 23, 16))).astype(np.float64)
+    heads = attn @ v
+    merged = values(t(attn), t(v)).asnumpy()
+    assert merged.shape == (2, 29, 48)
+    bound = _product_bound(attn, np.swapaxes(v, -1, -2))
+    assert np.all(np.abs(merged.reshape(2, 29, 3, 16).transpose(0, 2, 1, 3) - heads) <= bound)
+
+
+def test_gemm_cells_give_the_portable_outputs_and_gradients():
+    """Linear with a residual or a GELU at inference, and Attention (its products and head merge in the gemm
+    kernels), fused and portable with the same weights: outputs and input/weight gradients agree within
+    float32 bounds, so a model differentiated at inference (e.g. for saliency) gets the same gradients."""
+    rng = np.random.default_rng(2)
+    x = f32(rng.standard_normal((2, 9, 64)))
+    res = ms.Tensor(f32(rng.standard_normal((2, 9, 64))))
+    size = ms.Tensor(f32(rng.integers(1, 5, (2, 9))))
+    with fused_cpu.disabled():
+        portable = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True)]
+    fused = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True)]
+    assert fused[0].fn_residual is not None and fused[1].fn_gelu is not None and fused[2].scores is not None
+    assert portable[0].fn is None and portable[2].scores is None
+    for a, b, kind in zip(fused, portable, ("residual", "gelu", "attention")):
+        for pa, pb in zip(a.trainable_params(), b.trainable_params()):
+            pa.set_data(ms.Tensor(f32(rng.standard_normal(pa.shape) / 8)))
+            pb.set_data(pa.data.copy())
+        a, b = _Apply(a, kind, res, size), _Apply(b, kind, res, size)
+        a.set_train(False)
+        b.set_train(False)
+        ya, yb = a(ms.Tensor(x)).asnumpy(), b(ms.Tensor(x)).asnumpy()
+        assert np.abs(ya - yb).max() <= 256 * U32 * np.abs(yb).max(), kind
+        weight = f32(rng.standard_normal(ya.shape))
+        (dxa, dwa), (dxb, dwb) = _grads(a, x, weight), _grads(b, x, weight)
+        assert np.abs(dxa.asnumpy() - dxb.asnumpy()).max() <= 256 * U32 * np.abs(dxb.asnumpy()).max(), kind
+        for ga, gb in zip(dwa, dwb):
+            assert np.abs(ga.asnumpy() - gb.asnumpy()).max() <= 256 * U32 * np.abs(gb.asnumpy()).max(), kind
+
+
+class _Apply(nn.Cell):
+    """One cell called as a block calls it at inference: Linear with the skip connection, fc1 with its GELU,
+    Attention with the skip connection."""
+
+    def __init__(self, cell, kind, residual, size):
+        super().__init__()
+        self.cell = cell
+        self.kind = kind
+        self.residual = residual
+        self.size = size
+
+    def construct(self, x):
+        if self.kind == "residual":
+            return self.cell(x, self.residual)
+        if self.kind == "gelu":
+            return self.cell(x)
+        return self.cell(x, self.size, self.residual)[0]

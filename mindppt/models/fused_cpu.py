@@ -8,14 +8,18 @@ CPU LayerNorm and softmax kernels are several times slower than PyTorch's. The k
 backward, and the attention's head split/merge and the patch extraction as plain copies (``layout.cc``:
 each MindSpore CPU Transpose call site also kept a buffer of twice its tensor alive), and PPT's
 compression plan and size-weighted merge as index maps (``compression.cc``: the portable path's
-assignment matrices made a compression block cost more memory than a dense block). They are compiled
+assignment matrices made a compression block cost more memory than a dense block), and the linear layers
+and attention products on oneDNN's sgemm (``gemm.cc``, with the bias, a skip connection or the GELU in
+the same pass, and the heads written merged; the oneDNN library is the one MindSpore ships). They are compiled
 together, with the system's C++ compiler, into one library in a per-user cache the first time a model
 is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a
 per-user temporary directory when that is not writable). Anything that stops it (another backend, no
 compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable
 MindSpore-op formulation in place (the graph Ascend and GPU run); a failed build is reported once as a
 warning. The kernels split large jobs over ``MINDPPT_KERNEL_THREADS`` threads (default: every core), the
-calling one and a pool of workers started once per process.
+calling one and a pool of workers started once per process; between jobs a worker spins for up to
+``MINDPPT_KERNEL_SPIN_US`` microseconds (default 200) before it sleeps, because waking a sleeping thread
+cost more than a small kernel's work.
 
 A cache may be shared between machines (an NFS home, a container image built elsewhere), so a library
 is never built for "this CPU" (``-march=native``) but for an explicit instruction-set level: on x86-64
@@ -28,6 +32,7 @@ only ever loads a library for a level it has, whoever wrote the cache. Levels gi
 within float32 rounding (FMA contraction from -v3 on changes the last bits).
 """
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -44,7 +49,7 @@ from mindppt.io import atomic_output, atomic_write
 
 _KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels")
 # every source is part of the library's hash; the .cc files are compiled together
-_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc")
+_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc", "gemm.cc")
 _PREFIX = "mindppt_cpu"
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
@@ -187,7 +192,7 @@ def build_library(level, directory):
     # describes (in between it may see the new library with an old record, which it rejects and rebuilds)
     with atomic_output(library, suffix=".so") as tmp:
         sources = [os.path.join(_KERNEL_DIR, name) for name in _SOURCES if name.endswith(".cc")]
-        proc = subprocess.run([compiler, *flags, *sources, "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([compiler, *flags, *sources, "-ldl", "-o", tmp], capture_output=True, text=True,
                               timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
@@ -243,16 +248,6 @@ def gelu_ops(library=None):
     # ops.Custom wants callables for the output shape and dtype: those of the (first) input
     return (_custom(library, "MindpptGeluForward", _first, _first),
             _custom(library, "MindpptGeluBackward", _first, _first))
-
-
-def bias_gelu_ops(library=None):
-    """``(forward, backward)`` of ``gelu(x + bias)`` for x (R, H), bias (H), or None. backward(x, bias,
-    dout) -> the gradient for x (and for the bias, summed over rows)."""
-    library = library or library_path()
-    if library is None:
-        return None
-    return (_custom(library, "MindpptBiasGeluForward", _first, _first),
-            _custom(library, "MindpptBiasGeluBackward", _first, _first))
 
 
 def layer_norm_ops(library=None):
@@ -335,6 +330,43 @@ def compression_ops(num_out, library=None):
                              lambda dnew, size, *_: (dnew[0], size[1], dnew[2]), _first)
     sum_rows = _custom(library, "MindpptSumRows", lambda rows, _: (rows[0], m, rows[2]), _first)
     return significance, plan, merge, merge_backward, sum_rows
+
+
+_ONEDNN = "libdnnl.so.3"  # the name gemm.cc looks up
+
+
+def _onednn_loaded():
+    """Load the oneDNN library MindSpore ships (the same file its own kernels use) for the gemm kernels;
+    False when it is not there (then MindSpore's MatMul is used)."""
+    if "onednn" not in _state:
+        try:
+            ctypes.CDLL(os.path.join(os.path.dirname(ms.__file__), "lib", _ONEDNN), mode=ctypes.RTLD_GLOBAL)
+            _state["onednn"] = True
+        except OSError:
+            _state["onednn"] = False
+    return _state["onednn"]
+
+
+def linear_ops(library=None):
+    """``(linear, linear_residual, linear_gelu)`` on rows, or None: linear(x (R, K), w (N, K), b (N)) ->
+    x w^T + b; linear_residual(x, w, b, residual (R, N)) -> residual + x w^T + b; linear_gelu(x, w, b) ->
+    gelu(x w^T + b). Forward only: the cells of :mod:`.vit` give their gradients."""
+    library = library or library_path()
+    if library is None or not _onednn_loaded():
+        return None
+    rows = lambda x, w, *_: (x[0], w[0])
+    return (_custom(library, "MindpptLinear", rows, _first), _custom(library, "MindpptLinearResidual", rows, _first),
+            _custom(library, "MindpptLinearGelu", rows, _first))
+
+
+def attention_ops(library=None):
+    """``(scores, values)``, or None: scores(q (B, H, N, D), k (B, H, M, D)) -> q k^T (B, H, N, M);
+    values(attn (B, H, N, M), v (B, H, M, D)) -> attn v with the heads merged, (B, N, H * D). Forward only."""
+    library = library or library_path()
+    if library is None or not _onednn_loaded():
+        return None
+    return (_custom(library, "MindpptAttentionScores", lambda q, k: (q[0], q[1], q[2], k[2]), _first),
+            _custom(library, "MindpptAttentionValues", lambda a, v: (a[0], a[2], a[1] * v[3]), _first))
 
 
 def _first(x, *_):

@@ -86,6 +86,8 @@ class PatchEmbed(nn.Cell):
         self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size,
                               pad_mode="valid", has_bias=True)
         self.matmul = ops.MatMul(transpose_b=True)
+        linear = fused_cpu.linear_ops()
+        self.linear = _LinearFn(linear[0]) if linear is not None else None
         patchify = fused_cpu.patchify_op(patch_size)
         self.patchify = _UnaryKernel(patchify, self_adjoint=False) if patchify is not None else None
 
@@ -102,7 +104,10 @@ class PatchEmbed(nn.Cell):
             x = x.reshape(b, self.in_channels, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)
             x = x.reshape(b * self.num_patches, self.in_channels * p * p)
         w = self.proj.weight.reshape(self.embed_dim, -1).astype(x.dtype)
-        x = self.matmul(x, w) + self.proj.bias.astype(x.dtype)
+        if self.linear is not None and x.dtype == ms.float32:
+            x = self.linear(x, w, self.proj.bias)
+        else:
+            x = self.matmul(x, w) + self.proj.bias.astype(x.dtype)
         return x.reshape(b, self.num_patches, self.embed_dim)
 
 
@@ -195,17 +200,21 @@ class GELU(nn.Cell):
 
 
 class _LinearFn(nn.Cell):
-    """``x @ w^T + b`` on rows, with the bias gradient as a matmul with ones: MindSpore's CPU BiasAddGrad
-    (a reduction over the rows) took 13% of a PPT DeiT-S training step."""
+    """``x @ w^T + b`` on rows: the gemm kernel when given (:func:`.fused_cpu.linear_ops`), else MatMul and
+    BiasAdd; the bias gradient is a matmul with ones (MindSpore's CPU BiasAddGrad, a reduction over the
+    rows, took 13% of a PPT DeiT-S training step)."""
 
-    def __init__(self):
+    def __init__(self, kernel=None):
         super().__init__()
+        self.kernel = kernel
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.grad_input = ops.MatMul()
         self.grad_weight = ops.MatMul(transpose_a=True)
 
     def construct(self, x, weight, bias):
+        if self.kernel is not None:
+            return self.kernel(x, weight, bias)
         return self.bias_add(self.matmul(x, weight), bias)
 
     def bprop(self, x, weight, bias, out, dout):
@@ -214,49 +223,64 @@ class _LinearFn(nn.Cell):
                 self.grad_input(ones, dout).reshape(bias.shape))
 
 
-class _FusedBiasGelu(nn.Cell):
-    """The CPU kernel of ``gelu(x + bias)`` on rows (R, H), with its gradient; the bias gradient is a
-    matmul with ones."""
+class _LinearResidual(_LinearFn):
+    """``residual + x @ w^T + b`` in one gemm kernel: a block's skip connection added in its projection's
+    pass (inference, where drop path is the identity)."""
 
-    def __init__(self, kernels):
-        super().__init__()
-        self.forward_kernel, self.backward_kernel = kernels
-        self.matmul = ops.MatMul()
+    def construct(self, x, weight, bias, residual):
+        return self.kernel(x, weight, bias, residual)
 
-    def construct(self, x, bias):
-        return self.forward_kernel(x, bias)
+    def bprop(self, x, weight, bias, residual, out, dout):
+        return super().bprop(x, weight, bias, out, dout) + (dout,)
 
-    def bprop(self, x, bias, out, dout):
-        dx = self.backward_kernel(x, bias, dout)
-        return dx, self.matmul(ops.ones((1, x.shape[0]), dx.dtype), dx).reshape(bias.shape)
+
+class _LinearGelu(_LinearFn):
+    """``gelu(x @ w^T + b)`` in one gemm kernel (inference). Its gradient recomputes the pre-activation,
+    which is why training takes the linear kernel and then the GELU, which keeps it."""
+
+    def __init__(self, kernel, gelu):
+        super().__init__(kernel)
+        self.gelu = gelu
+
+    def bprop(self, x, weight, bias, out, dout):
+        pre = self.bias_add(self.matmul(x, weight), bias)
+        return super().bprop(x, weight, bias, out, self.gelu.bprop(pre, out, dout)[0])
 
 
 class Linear(nn.Dense):
     """``nn.Dense`` (same parameters, names and mixed-precision handling) with an optional GELU after
-    the bias, in the layer's dtype (as ``nn.Dense(activation=...)``). On the CPU backend, where the
-    fused kernels are on (:mod:`.fused_cpu`), float32 inputs take the bias gradient as a matmul
-    (MindSpore's CPU BiasAddGrad, a row reduction, took 13% of a PPT DeiT-S training step) and the GELU
-    with the bias add in one pass."""
+    the bias, in the layer's dtype (as ``nn.Dense(activation=...)``), and an optional ``residual`` added
+    to the output (a block's skip connection, at inference). On the CPU backend, where the fused kernels
+    are on (:mod:`.fused_cpu`), float32 inputs take the gemm kernels, with the bias, the residual or (at
+    inference) the GELU in the same pass, and the bias gradient as a matmul."""
 
     def __init__(self, in_channels, out_channels, has_bias=True, gelu=None):
         super().__init__(in_channels, out_channels, has_bias=has_bias)
         self.gelu = gelu
         on_cpu = has_bias and fused_cpu.library_path() is not None
-        self.fn = _LinearFn() if on_cpu else None
-        kernels = fused_cpu.bias_gelu_ops() if on_cpu and gelu is not None else None
-        self.bias_gelu = _FusedBiasGelu(kernels) if kernels is not None else None
+        kernels = fused_cpu.linear_ops() if on_cpu else None
+        self.fn = _LinearFn(kernels[0] if kernels is not None else None) if on_cpu else None
+        self.fn_residual = _LinearResidual(kernels[1]) if kernels is not None else None
+        self.fn_gelu = _LinearGelu(kernels[2], gelu) if kernels is not None and gelu is not None else None
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        fp32 = x.dtype == ms.float32
-        if self.bias_gelu is not None and fp32:
-            x = self.matmul(x, self.weight)
-            if x.dtype == ms.float32:  # PyNative's op-level mixed precision may have cast the matmul
-                x = self.bias_gelu(x, self.bias)
-                return x.reshape(shape[:-1] + (x.shape[-1],))
-            x = self.bias_add(x, self.bias)
-        elif self.fn is not None and fp32:
+        fused = self.fn is not None and x.dtype == ms.float32
+        if residual is not None:
+            rows = residual.reshape(x.shape[0], -1)
+            if self.fn_residual is not None and fused and rows.dtype == ms.float32 and self.gelu is None:
+                x = self.fn_residual(x, self.weight, self.bias, rows)
+            else:
+                x = self._rows(x, fused) + rows
+        elif self.fn_gelu is not None and fused and not self.training:
+            x = self.fn_gelu(x, self.weight, self.bias)
+        else:
+            x = self._rows(x, fused)
+        return x.reshape(shape[:-1] + (x.shape[-1],))
+
+    def _rows(self, x, fused):
+        if fused:
             x = self.fn(x, self.weight, self.bias)
         else:
             x = self.matmul(x, self.weight)
@@ -264,7 +288,7 @@ class Linear(nn.Dense):
                 x = self.bias_add(x, self.bias)
         if self.gelu is not None:
             x = self.gelu(x)
-        return x.reshape(shape[:-1] + (x.shape[-1],))
+        return x
 
 
 class Mlp(nn.Cell):
@@ -275,8 +299,11 @@ class Mlp(nn.Cell):
         self.fc2 = Linear(hidden_dim, dim)
         self.drop = Dropout(drop)
 
-    def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.fc1(x))))
+    def construct(self, x, residual=None):
+        """``residual``: added to the output (inference, where dropout is the identity)."""
+        if residual is None:
+            return self.drop(self.fc2(self.drop(self.fc1(x))))
+        return self.fc2(self.fc1(x), residual)
 
 
 class _FusedSplitQkv(nn.Cell):
@@ -292,6 +319,43 @@ class _FusedSplitQkv(nn.Cell):
 
     def bprop(self, qkv, out, dout):
         return (self.backward_kernel(dout[0], dout[1], dout[2], self.scale),)
+
+
+class _AttentionScores(nn.Cell):
+    """``q @ k^T`` per (batch, head) in one gemm kernel: (B, H, N, D), (B, H, M, D) -> (B, H, N, M)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+        self.matmul = ops.BatchMatMul()
+        self.matmul_ta = ops.BatchMatMul(transpose_a=True)
+
+    def construct(self, q, k):
+        return self.kernel(q, k)
+
+    def bprop(self, q, k, out, dout):
+        return self.matmul(dout, k), self.matmul_ta(dout, q)
+
+
+class _AttentionValues(nn.Cell):
+    """``attn @ v`` per (batch, head) in one gemm kernel that writes the heads merged: (B, H, N, M),
+    (B, H, M, D) -> (B, N, H * D)."""
+
+    def __init__(self, kernel, split_heads):
+        super().__init__()
+        self.kernel = kernel
+        self.split_heads = split_heads  # (B, N, H, D) -> (B, H, N, D)
+        self.matmul_ta = ops.BatchMatMul(transpose_a=True)
+        self.matmul_tb = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, attn, v):
+        return self.kernel(attn, v)
+
+    def bprop(self, attn, v, out, dout):
+        b, n, c = dout.shape
+        heads = attn.shape[1]
+        grad = self.split_heads(dout.reshape(b, n, heads, c // heads))
+        return self.matmul_tb(grad, v), self.matmul_ta(attn, grad)
 
 
 class Attention(nn.Cell):
@@ -318,8 +382,12 @@ class Attention(nn.Cell):
         split, swap = fused_cpu.split_qkv_ops(num_heads), fused_cpu.swap_axes_op()
         self.split_qkv = _FusedSplitQkv(split, self.scale) if split is not None else None
         self.merge_heads = _UnaryKernel(swap, self_adjoint=True) if swap is not None else None
+        gemm = fused_cpu.attention_ops() if split is not None else None
+        self.scores = _AttentionScores(gemm[0]) if gemm is not None else None
+        self.values = _AttentionValues(gemm[1], swap) if gemm is not None else None
 
-    def construct(self, x, size):
+    def construct(self, x, size, residual=None):
+        """``residual``: added to the output (inference, where dropout is the identity)."""
         b, n, c = x.shape
         qkv = self.qkv(x)
         fused = self.split_qkv is not None and qkv.dtype == ms.float32
@@ -329,13 +397,20 @@ class Attention(nn.Cell):
             qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
             q, k, v = ops.unstack(qkv, 0)
             q = q * self.scale
-        attn = self.softmax(self.qk(q, k), ops.log(size) if self.prop_attn else size)
-        out = self.av(self.attn_drop(attn), v)
-        if fused and out.dtype == ms.float32:
-            out = self.merge_heads(out).reshape(b, n, c)
+        gemm = fused and self.scores is not None
+        logits = self.scores(q, k) if gemm else self.qk(q, k)
+        attn = self.softmax(logits, ops.log(size) if self.prop_attn else size)
+        if gemm:
+            out = self.values(self.attn_drop(attn), v)
         else:
-            out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
-        return self.proj_drop(self.proj(out)), attn, k, v
+            out = self.av(self.attn_drop(attn), v)
+            if fused and out.dtype == ms.float32:
+                out = self.merge_heads(out).reshape(b, n, c)
+            else:
+                out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
+        if residual is None:
+            return self.proj_drop(self.proj(out)), attn, k, v
+        return self.proj(out, residual), attn, k, v
 
 
 class _FusedSoftmax(nn.Cell):
@@ -400,12 +475,21 @@ class Block(nn.Cell):
         return self.drop_path(branch) / self.skip_lam
 
     def construct(self, x, size, source):
-        out, attn, k, v = self.attn(self.norm1(x), size)
-        x = x + self.residual(out)
+        # at inference drop path and dropout are the identity: the skip connections go into the
+        # projections' gemm kernels (one pass less over the tokens each)
+        fuse = not self.training and self.skip_lam == 1.0
+        if fuse:
+            x, attn, k, v = self.attn(self.norm1(x), size, x)
+        else:
+            out, attn, k, v = self.attn(self.norm1(x), size)
+            x = x + self.residual(out)
         info = None
         if self.compression is not None:
             x, size, source, info = self.compression(x, attn, k, v, size, source)
-        x = x + self.residual(self.mlp(self.norm2(x)))
+        if fuse:
+            x = self.mlp(self.norm2(x), x)
+        else:
+            x = x + self.residual(self.mlp(self.norm2(x)))
         return x, size, source, info
 
 

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -43,10 +45,33 @@ inline unsigned NumThreads() {
   return threads;
 }
 
+// Spin-wait for up to SpinMicros() (MINDPPT_KERNEL_SPIN_US, default 200) before sleeping: waking a
+// sleeping thread on this kind of VM took tens of microseconds per kernel call, most of a small job.
+inline int64_t SpinMicros() {
+  static const int64_t micros = [] {
+    const char *env = std::getenv("MINDPPT_KERNEL_SPIN_US");
+    return env != nullptr ? static_cast<int64_t>(std::atoll(env)) : int64_t{200};
+  }();
+  return micros;
+}
+
+// true once done() holds, spinning for at most SpinMicros(); false on time-out
+template <typename Done>
+bool SpinUntil(Done done) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::microseconds(SpinMicros());
+  for (unsigned i = 1;; ++i) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() > limit) return false;
+  }
+}
+
 // The worker threads of ParallelFor, started once per process: starting a thread per kernel call cost
-// more than the work of many calls at batch 1. Workers sleep on a condition variable between jobs (no
-// spinning, which would take the cores from MindSpore's own threads). One job at a time: a kernel called
-// while another one's job runs (parallel branches of a graph) does its work inline.
+// more than the work of many calls at batch 1. Between jobs a worker spins briefly (SpinUntil), then
+// sleeps on a condition variable. One job at a time: a kernel called while another one's job runs
+// (parallel branches of a graph) does its work inline.
 class WorkerPool {
  public:
   static WorkerPool &Get() {
@@ -63,16 +88,19 @@ class WorkerPool {
   bool Run(const std::function<void(unsigned)> &job) {
     std::unique_lock<std::mutex> running(run_, std::try_to_lock);
     if (!running.owns_lock()) return false;
+    bool sleeping;
     {
       std::lock_guard<std::mutex> guard(mutex_);
       job_ = &job;
-      pending_ = workers_;
-      ++generation_;
+      pending_.store(workers_, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      sleeping = sleepers_ > 0;
     }
-    wake_.notify_all();
+    if (sleeping) wake_.notify_all();
     job(0);
+    if (SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; })) return true;
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
     return true;
   }
 
@@ -84,16 +112,24 @@ class WorkerPool {
   void Loop(unsigned id) {
     uint64_t seen = 0;
     for (;;) {
+      const auto started = [&] { return generation_.load(std::memory_order_acquire) != seen; };
       const std::function<void(unsigned)> *job;
-      {
+      if (!SpinUntil(started)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        ++sleepers_;
+        wake_.wait(lock, started);
+        --sleepers_;
+      }
+      {
+        std::lock_guard<std::mutex> guard(mutex_);
+        seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
       (*job)(id);
-      std::lock_guard<std::mutex> guard(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> guard(mutex_);
+        done_.notify_one();
+      }
     }
   }
 
@@ -102,8 +138,9 @@ class WorkerPool {
   std::mutex run_, mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(unsigned)> *job_ = nullptr;
-  unsigned pending_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<unsigned> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  unsigned sleepers_ = 0;
 };
 
 // fn(thread, begin, end) over [0, n) split into one contiguous chunk per thread; small jobs run inline
@@ -123,6 +160,9 @@ void ParallelFor(int64_t n, int64_t work_per_item, Fn fn) {
   };
   if (!pool.Run(job)) fn(0u, int64_t{0}, n);
 }
+
+// y[i] <- gelu(y[i]) for i < n (gelu.cc)
+void GeluInPlace(float *y, int64_t n);
 
 inline int64_t NumElements(int ndim, const int64_t *shape) {
   int64_t n = 1;

@@ -43,6 +43,13 @@ void Backward(const float *x, const float *dout, float *dx, int64_t begin, int64
 
 }  // namespace
 
+namespace mindppt {
+void GeluInPlace(float *y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = y[i] * Cdf(y[i]);
+}
+}  // namespace mindppt
+
 extern "C" int MindpptGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *stream, void *extra) {
   const float *x = static_cast<const float *>(params[0]);
@@ -57,46 +64,5 @@ extern "C" int MindpptGeluBackward(int nparam, void **params, int *ndims, int64_
   const float *dout = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   mindppt::ParallelFor(mindppt::NumElements(ndims[0], shapes[0]), 1, [=](unsigned, int64_t b, int64_t e) { Backward(x, dout, dx, b, e); });
-  return 0;
-}
-
-// inputs x (R, H), bias (H); output gelu(x + bias): the MLP's first bias add in the same pass
-extern "C" int MindpptBiasGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                      void *stream, void *extra) {
-  const float *x = static_cast<const float *>(params[0]);
-  const float *bias = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t width = shapes[1][0], rows = mindppt::NumElements(ndims[0], shapes[0]) / width;
-  mindppt::ParallelFor(rows, width, [=](unsigned, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *xr = x + r * width;
-      float *yr = y + r * width;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) {
-        const float h = xr[c] + bias[c];
-        yr[c] = h * Cdf(h);
-      }
-    }
-  });
-  return 0;
-}
-
-// inputs x (R, H), bias (H), dout; output d/dx of gelu(x + bias) times dout
-extern "C" int MindpptBiasGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                       void *stream, void *extra) {
-  const float *x = static_cast<const float *>(params[0]);
-  const float *bias = static_cast<const float *>(params[1]);
-  const float *dout = static_cast<const float *>(params[2]);
-  float *dx = static_cast<float *>(params[3]);
-  const int64_t width = shapes[1][0], rows = mindppt::NumElements(ndims[0], shapes[0]) / width;
-  mindppt::ParallelFor(rows, width, [=](unsigned, int64_t begin, int64_t end) {
-    std::vector<float> h(width);
-    for (int64_t r = begin; r < end; ++r) {
-      const float *xr = x + r * width;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) h[c] = xr[c] + bias[c];
-      Backward(h.data(), dout + r * width, dx + r * width, 0, width);
-    }
-  });
   return 0;
 }

@@ -9,6 +9,8 @@ CPU without AVX-512 and are only checked where the CPU has it.
 """
 import json
 import os
+import shutil
+import subprocess
 
 import mindspore as ms
 import numpy as np
@@ -136,6 +138,19 @@ def test_build_writes_one_library_into_the_cache(tmp_path, monkeypatch):
     assert name.startswith(f"mindppt_cpu_{fused_cpu.isa_level()}_")
     monkeypatch.setattr(fused_cpu, "_state", {"enabled": True, "library": None, "failed": False})
     assert fused_cpu.library_path() == path  # cached: same source, flags and level
+
+
+def test_the_library_exports_only_its_kernels():
+    """The C++ internals (the worker pool's code and statics) stay private to each build, so builds for two
+    instruction-set levels loaded in one process (as the tests here do) never run each other's code."""
+    nm = shutil.which("nm")
+    assert nm is not None, "nm (binutils, which the C++ compiler needs too) is not installed"
+    listing = subprocess.run([nm, "-D", "--defined-only", fused_cpu.library_path()], capture_output=True, text=True,
+                             check=True).stdout
+    names = {line.split()[-1] for line in listing.splitlines() if line.strip()}
+    kernels = {name for name in names if name.startswith("Mindppt")}
+    assert {"MindpptLinear", "MindpptAttentionValues", "MindpptLayerNormForward"} <= kernels
+    assert not names - kernels, sorted(names - kernels)[:5]
 
 
 def test_unwritable_cache_falls_back_to_a_temporary_directory(tmp_path, monkeypatch):

@@ -49,7 +49,8 @@ from mindppt.io import atomic_output, atomic_write
 
 _KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels")
 # every source is part of the library's hash; the .cc files are compiled together
-_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc", "gemm.cc")
+_SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc", "gemm.cc",
+            "exports.map")
 _PREFIX = "mindppt_cpu"
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
@@ -192,7 +193,8 @@ def build_library(level, directory):
     # describes (in between it may see the new library with an old record, which it rejects and rebuilds)
     with atomic_output(library, suffix=".so") as tmp:
         sources = [os.path.join(_KERNEL_DIR, name) for name in _SOURCES if name.endswith(".cc")]
-        proc = subprocess.run([compiler, *flags, *sources, "-ldl", "-o", tmp], capture_output=True, text=True,
+        exports = "-Wl,--version-script=" + os.path.join(_KERNEL_DIR, "exports.map")
+        proc = subprocess.run([compiler, *flags, *sources, exports, "-ldl", "-o", tmp], capture_output=True, text=True,
                               timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")

@@ -31,7 +31,23 @@ class _FusedLayerNorm(nn.Cell):
         return self.backward_kernel(x, weight, self.eps, dout)
 
 
-class LayerNorm(nn.Cell):
+class _Float32Kernels:
+    """Mixin of the cells that call the float32 CPU kernels. After ``to_float(float16 / bfloat16)``
+    PyNative mode casts the inputs of every op in the cell, a kernel's included, so such a cell only uses
+    its kernels while it computes in float32 (graph mode casts the cell's inputs instead, which the
+    cells' dtype checks see)."""
+
+    float32_kernels = True
+
+    def _add_mixed_precision_flag(self, **flags):
+        super()._add_mixed_precision_flag(**flags)
+        if flags.get("fp16") or flags.get("bf16"):
+            self.float32_kernels = False
+        elif flags.get("fp32"):
+            self.float32_kernels = True
+
+
+class LayerNorm(_Float32Kernels, nn.Cell):
     """LayerNorm over the last axis with timm's parameter names (weight, bias). Float32 inputs on the
     CPU backend go through a fused kernel (:mod:`.fused_cpu`) when it can be built: MindSpore's CPU
     LayerNorm took 13% of a PPT DeiT-S forward."""
@@ -45,7 +61,7 @@ class LayerNorm(nn.Cell):
         self.fused = _FusedLayerNorm(kernels, eps) if kernels is not None else None
 
     def construct(self, x):
-        if self.fused is not None and x.dtype == ms.float32:
+        if self.fused is not None and self.float32_kernels and x.dtype == ms.float32:
             return self.fused(x, self.weight, self.bias)
         y, _, _ = self.layer_norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))
         return y
@@ -69,7 +85,7 @@ class _UnaryKernel(nn.Cell):
         return (ops.zeros_like(x),)
 
 
-class PatchEmbed(nn.Cell):
+class PatchEmbed(_Float32Kernels, nn.Cell):
     """Non-overlapping patch projection. Holds a Conv2d's parameters (timm names and layout) but
     computes it as reshape + matmul, which is several times faster than the strided conv on CPU."""
 
@@ -98,13 +114,13 @@ class PatchEmbed(nn.Cell):
     def construct(self, x):
         b = x.shape[0]
         p, g = self.patch_size, self.grid
-        if self.patchify is not None and x.dtype == ms.float32:
+        if self.patchify is not None and self.float32_kernels and x.dtype == ms.float32:
             x = self.patchify(x)
         else:
             x = x.reshape(b, self.in_channels, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)
             x = x.reshape(b * self.num_patches, self.in_channels * p * p)
         w = self.proj.weight.reshape(self.embed_dim, -1).astype(x.dtype)
-        if self.linear is not None and x.dtype == ms.float32:
+        if self.linear is not None and self.float32_kernels and x.dtype == ms.float32:
             x = self.linear(x, w, self.proj.bias)
         else:
             x = self.matmul(x, w) + self.proj.bias.astype(x.dtype)
@@ -153,7 +169,7 @@ class DropPath(_RandomKeep):
         return x * self.keep_mask((x.shape[0], 1, 1), x.dtype)
 
 
-class GELU(nn.Cell):
+class GELU(_Float32Kernels, nn.Cell):
     """Exact GELU, x * Phi(x), to within 1e-6 of the erf form, about 2.5 times as fast on CPU.
 
     MindSpore's CPU ``Erf`` kernel is slow (about three times a DeiT-S MLP matmul). Here
@@ -188,12 +204,12 @@ class GELU(nn.Cell):
         return ops.sigmoid(x * poly)
 
     def construct(self, x):
-        if self.fused_forward is not None and x.dtype == ms.float32:
+        if self.fused_forward is not None and self.float32_kernels and x.dtype == ms.float32:
             return self.fused_forward(x)
         return x * self.cdf(x)
 
     def bprop(self, x, out, dout):
-        if self.fused_backward is not None and x.dtype == ms.float32:
+        if self.fused_backward is not None and self.float32_kernels and x.dtype == ms.float32:
             return (self.fused_backward(x, dout),)
         pdf = ops.exp(x * x * -0.5) * 0.3989422804014327
         return (dout * (self.cdf(x) + x * pdf),)
@@ -247,7 +263,7 @@ class _LinearGelu(_LinearFn):
         return super().bprop(x, weight, bias, out, self.gelu.bprop(pre, out, dout)[0])
 
 
-class Linear(nn.Dense):
+class Linear(_Float32Kernels, nn.Dense):
     """``nn.Dense`` (same parameters, names and mixed-precision handling) with an optional GELU after
     the bias, in the layer's dtype (as ``nn.Dense(activation=...)``), and an optional ``residual`` added
     to the output (a block's skip connection, at inference). On the CPU backend, where the fused kernels
@@ -266,7 +282,7 @@ class Linear(nn.Dense):
     def construct(self, x, residual=None):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        fused = self.fn is not None and x.dtype == ms.float32
+        fused = self.fn is not None and self.float32_kernels and x.dtype == ms.float32
         if residual is not None:
             rows = residual.reshape(x.shape[0], -1)
             if self.fn_residual is not None and fused and rows.dtype == ms.float32 and self.gelu is None:
@@ -431,7 +447,7 @@ class _FusedSoftmax(nn.Cell):
         return self.backward_kernel(out, dout), ops.zeros_like(bias)
 
 
-class Softmax(nn.Cell):
+class Softmax(_Float32Kernels, nn.Cell):
     """Softmax over the last axis of attention logits (B, H, N, N). With ``with_bias`` the per-key
     ``bias`` (B, N) is added first, in float32 (PPT's proportional attention adds log(size): sizes are
     integers up to N and must not round). On the CPU backend float32 logits go through one fused
@@ -445,7 +461,7 @@ class Softmax(nn.Cell):
         self.fused = _FusedSoftmax(kernels, self.with_bias) if kernels is not None else None
 
     def construct(self, x, bias):
-        if self.fused is not None and x.dtype == ms.float32:
+        if self.fused is not None and self.float32_kernels and x.dtype == ms.float32:
             return self.fused(x, bias)
         if self.with_bias:
             b, n = bias.shape

@@ -7,7 +7,8 @@ embedding or stem, every block's q/k/v, q k^T, attention x v, projection and MLP
 ``flops.model_gmacs(model) * 1e9`` exactly; for a PPT model at threshold 0 (always prune) and at inf
 (always pool), the same count. The compression cell's own scoring, matching and assignment products are
 not part of the papers' GMACs: they are counted apart and printed (``pytest -s``); on the CPU backend's
-fused compression kernels (mindppt.models.fused_cpu) the cell calls no matmul primitive at all.
+fused compression kernels (mindppt.models.fused_cpu) the cell calls no matmul primitive at all, and the
+fused gemm kernels (linear layers, attention products) are counted as the matmuls they replace.
 """
 import math
 from collections import Counter
@@ -36,6 +37,19 @@ def _weight_fan_in(prim, args, out):
     return math.prod(args[1].shape[1:])  # Dense (out, in); convolution (out, in / groups, *kernel)
 
 
+# The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices, and which input's last axis is
+# the reduction: linear layers (x (R, K)), q k^T (q (.., D)), attention x v (attn (.., M)).
+GEMM_KERNELS = {"MindpptLinear": 0, "MindpptLinearResidual": 0, "MindpptLinearGelu": 0,
+                "MindpptAttentionScores": 0, "MindpptAttentionValues": 0}
+
+
+def _custom_depth(prim, args, out):
+    kernel = str(prim.func).rpartition(":")[2]
+    if kernel not in GEMM_KERNELS:
+        return 0  # element-wise, normalisation, layout and compression kernels
+    return args[GEMM_KERNELS[kernel]].shape[-1]
+
+
 # Multiply-accumulates per output element, for every matmul-like primitive a model may call.
 MAC_PRIMITIVES = {
     ops.MatMul: _matmul_depth, ops.BatchMatMul: _matmul_depth,
@@ -43,7 +57,7 @@ MAC_PRIMITIVES = {
     auto_generate.Dense: _weight_fan_in, ops.Conv2D: _weight_fan_in, ops.Conv3D: _weight_fan_in,
     auto_generate.Conv1DExt: _weight_fan_in, auto_generate.Conv2DExt: _weight_fan_in,
     auto_generate.Conv3DExt: _weight_fan_in, auto_generate.Conv2DPadding: _weight_fan_in,
-    auto_generate.Convolution: _weight_fan_in,
+    auto_generate.Convolution: _weight_fan_in, ops.Custom: _custom_depth,
 }
 # Matmul-like primitives this counter does not know how to count: calling one fails the test.
 UNCOUNTED_PRIMITIVES = (auto_generate.Addmm, auto_generate.Baddbmm, ops.Einsum, auto_generate.EinsumExt,
@@ -85,7 +99,9 @@ class MacCounter:
             if depth is None:
                 counter.uncounted.append(type(prim).__name__)
             else:
-                counter.macs[counter.owner.get(id(prim), "unowned")] += math.prod(out.shape) * depth(prim, args, out)
+                per_output = depth(prim, args, out)
+                if per_output:  # (kernels that multiply no matrices may return tuples)
+                    counter.macs[counter.owner.get(id(prim), "unowned")] += math.prod(out.shape) * per_output
             return out
 
         cls.__call__ = counting_call

@@ -106,6 +106,7 @@ UNIT_TESTS = {
         "test_fused_gelu_is_built_on_cpu_and_exact_with_its_gradient",
         "test_isa_level_comes_from_the_cpu_flags_and_sets_explicit_compiler_flags",
         "test_switches_and_a_failed_build_fall_back_to_the_portable_gelu",
+        "test_the_library_exports_only_its_kernels",
     },
     "test_pos_embed.py": {
         "test_224_checkpoint_at_another_size",

@@ -37,17 +37,16 @@ def _weight_fan_in(prim, args, out):
     return math.prod(args[1].shape[1:])  # Dense (out, in); convolution (out, in / groups, *kernel)
 
 
-# The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices, and which input's last axis is
-# the reduction: linear layers (x (R, K)), q k^T (q (.., D)), attention x v (attn (.., M)).
-GEMM_KERNELS = {"MindpptLinear": 0, "MindpptLinearResidual": 0, "MindpptLinearGelu": 0,
-                "MindpptAttentionScores": 0, "MindpptAttentionValues": 0}
+# The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices; each one's first input's last axis
+# is the reduction: linear layers (x (R, K)), q k^T (q (.., D)), attention x v (attn (.., M)).
+GEMM_KERNELS = {"MindpptLinear", "MindpptLinearResidual", "MindpptLinearGelu", "MindpptAttentionScores",
+                "MindpptAttentionValues"}
 
 
 def _custom_depth(prim, args, out):
-    kernel = str(prim.func).rpartition(":")[2]
-    if kernel not in GEMM_KERNELS:
+    if str(prim.func).rpartition(":")[2] not in GEMM_KERNELS:
         return 0  # element-wise, normalisation, layout and compression kernels
-    return args[GEMM_KERNELS[kernel]].shape[-1]
+    return args[0].shape[-1]
 
 
 # Multiply-accumulates per output element, for every matmul-like primitive a model may call.

@@ -276,7 +276,7 @@ class Linear(_Float32Kernels, nn.Dense):
         on_cpu = has_bias and fused_cpu.library_path() is not None
         kernels = fused_cpu.linear_ops() if on_cpu else None
         self.fn = _LinearFn(kernels[0] if kernels is not None else None) if on_cpu else None
-        self.fn_residual = _LinearResidual(kernels[1]) if kernels is not None else None
+        self.fn_residual = _LinearResidual(kernels[1]) if kernels is not None and gelu is None else None
         self.fn_gelu = _LinearGelu(kernels[2], gelu) if kernels is not None and gelu is not None else None
 
     def construct(self, x, residual=None):
@@ -285,7 +285,7 @@ class Linear(_Float32Kernels, nn.Dense):
         fused = self.fn is not None and self.float32_kernels and x.dtype == ms.float32
         if residual is not None:
             rows = residual.reshape(x.shape[0], -1)
-            if self.fn_residual is not None and fused and rows.dtype == ms.float32 and self.gelu is None:
+            if self.fn_residual is not None and fused and rows.dtype == ms.float32:
                 x = self.fn_residual(x, self.weight, self.bias, rows)
             else:
                 x = self._rows(x, fused) + rows

@@ -264,14 +264,14 @@ def layer_norm_ops(library=None):
 
 
 def softmax_ops(library=None):
-    """``(forward, bias_forward, backward)`` of the fused softmax over the last axis, or None.
-    forward(x) -> y; bias_forward(x, bias) -> softmax(x + bias) with bias (B, M) broadcast over the
-    middle axes of x (B, ..., M); backward(y, dy) -> dx."""
+    """``(forward, size_forward, backward)`` of the fused softmax over the last axis, or None.
+    forward(x) -> y; size_forward(x, size) -> softmax(x + log(size)) with size (B, M) broadcast over the
+    middle axes of x (B, ..., M) (proportional attention); backward(y, dy) -> dx."""
     library = library or library_path()
     if library is None:
         return None
     return (_custom(library, "MindpptSoftmaxForward", _first, _first),
-            _custom(library, "MindpptBiasSoftmaxForward", _first, _first),
+            _custom(library, "MindpptSizeSoftmaxForward", _first, _first),
             _custom(library, "MindpptSoftmaxBackward", _first, _first))
 
 

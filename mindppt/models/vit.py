@@ -394,7 +394,7 @@ class Attention(nn.Cell):
         self.proj_drop = Dropout(proj_drop)
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.av = ops.BatchMatMul()
-        self.softmax = Softmax(with_bias=prop_attn)
+        self.softmax = Softmax(prop_attn=prop_attn)
         split, swap = fused_cpu.split_qkv_ops(num_heads), fused_cpu.swap_axes_op()
         self.split_qkv = _FusedSplitQkv(split, self.scale) if split is not None else None
         self.merge_heads = _UnaryKernel(swap, self_adjoint=True) if swap is not None else None
@@ -415,7 +415,7 @@ class Attention(nn.Cell):
             q = q * self.scale
         gemm = fused and self.scores is not None
         logits = self.scores(q, k) if gemm else self.qk(q, k)
-        attn = self.softmax(logits, ops.log(size) if self.prop_attn else size)
+        attn = self.softmax(logits, size)
         if gemm:
             out = self.values(self.attn_drop(attn), v)
         else:
@@ -430,42 +430,43 @@ class Attention(nn.Cell):
 
 
 class _FusedSoftmax(nn.Cell):
-    """The fused CPU softmax kernel (float32 only), optionally adding a per-key bias (B, N) first;
-    the bias gets no gradient (it is log(size), and sizes come from discrete decisions)."""
+    """The fused CPU softmax kernel (float32 only), optionally adding the log of per-key sizes (B, N)
+    first; sizes get no gradient (they come from discrete decisions)."""
 
-    def __init__(self, kernels, with_bias):
+    def __init__(self, kernels, prop_attn):
         super().__init__()
-        self.forward_kernel, self.bias_forward_kernel, self.backward_kernel = kernels
-        self.with_bias = with_bias
+        self.forward_kernel, self.size_forward_kernel, self.backward_kernel = kernels
+        self.prop_attn = prop_attn
 
-    def construct(self, x, bias):
-        if self.with_bias:
-            return self.bias_forward_kernel(x, bias)
+    def construct(self, x, size):
+        if self.prop_attn:
+            return self.size_forward_kernel(x, size)
         return self.forward_kernel(x)
 
-    def bprop(self, x, bias, out, dout):
-        return self.backward_kernel(out, dout), ops.zeros_like(bias)
+    def bprop(self, x, size, out, dout):
+        return self.backward_kernel(out, dout), ops.zeros_like(size)
 
 
 class Softmax(_Float32Kernels, nn.Cell):
-    """Softmax over the last axis of attention logits (B, H, N, N). With ``with_bias`` the per-key
-    ``bias`` (B, N) is added first, in float32 (PPT's proportional attention adds log(size): sizes are
-    integers up to N and must not round). On the CPU backend float32 logits go through one fused
-    kernel (:mod:`.fused_cpu`) instead of a cast, an add, a cast and MindSpore's softmax."""
+    """Softmax over the last axis of attention logits (B, H, N, N). With ``prop_attn`` (proportional
+    attention) ``log(size)`` of the per-key sizes (B, N) is added first, in float32 (sizes are integers
+    up to N and must not round); otherwise ``size`` is ignored. On the CPU backend float32 logits go
+    through one fused kernel (:mod:`.fused_cpu`) instead of a log, a cast, an add, a cast and
+    MindSpore's softmax."""
 
-    def __init__(self, with_bias=False):
+    def __init__(self, prop_attn=False):
         super().__init__()
-        self.with_bias = bool(with_bias)
+        self.prop_attn = bool(prop_attn)
         self.softmax = ops.Softmax(axis=-1)
         kernels = fused_cpu.softmax_ops()
-        self.fused = _FusedSoftmax(kernels, self.with_bias) if kernels is not None else None
+        self.fused = _FusedSoftmax(kernels, self.prop_attn) if kernels is not None else None
 
-    def construct(self, x, bias):
+    def construct(self, x, size):
         if self.fused is not None and self.float32_kernels and x.dtype == ms.float32:
-            return self.fused(x, bias)
-        if self.with_bias:
-            b, n = bias.shape
-            x = (x.astype(ms.float32) + bias.reshape(b, 1, 1, n)).astype(x.dtype)
+            return self.fused(x, size)
+        if self.prop_attn:
+            b, n = size.shape
+            x = (x.astype(ms.float32) + ops.log(size).reshape(b, 1, 1, n)).astype(x.dtype)
         return self.softmax(x)
 
 

@@ -34,41 +34,68 @@ void PlanPrune(const float *scores, const Plan &p) {
 
 // ToMe bipartite soft matching on the head-summed, L2-normalised keys (double precision): A = even
 // positions, B = odd positions; the class token's row (and a distillation token's column) cannot match.
+// The matching runs in three passes, so that one image's similarity rows are shared between threads too.
+struct Matching {
+  int64_t tokens, num_a, num_b, dim, first_b;  // first_b: 1 when a distillation token is protected
+  double *a_rows;     // (B, num_a, dim) normalised keys of the A tokens
+  double *b_columns;  // (B, dim, num_b) normalised keys of the B tokens, transposed for the row products
+  double *best;       // (B, num_a) best similarity of each A token
+  int32_t *match;     // (B, num_a) its B token (the first one on equal similarities)
+};
+
+void NormalisedKeys(const float *keys, int64_t heads, const Matching &m, int64_t image) {
+  std::vector<double> metric(m.dim);
+  for (int64_t t = 0; t < m.tokens; ++t) {
+    std::fill(metric.begin(), metric.end(), 0.0);
+    for (int64_t h = 0; h < heads; ++h) {
+      const float *row = keys + (h * m.tokens + t) * m.dim;
+      for (int64_t d = 0; d < m.dim; ++d) metric[d] += row[d];
+    }
+    double norm = 0.0;
+    for (int64_t d = 0; d < m.dim; ++d) norm += metric[d] * metric[d];
+    const double inv = 1.0 / std::sqrt(norm);
+    if (t % 2 == 0) {
+      double *a = m.a_rows + (image * m.num_a + t / 2) * m.dim;
+      for (int64_t d = 0; d < m.dim; ++d) a[d] = metric[d] * inv;
+    } else {
+      double *b = m.b_columns + image * m.dim * m.num_b + t / 2;
+      for (int64_t d = 0; d < m.dim; ++d) b[d * m.num_b] = metric[d] * inv;
+    }
+  }
+}
+
+// best and match for A token a (>= 1; a = 0 is the class token) of an image: one row of A B^T, each
+// dot product summed in dimension order
+void BestMatch(const Matching &m, int64_t image, int64_t a, double *similarity) {
+  const double *row = m.a_rows + (image * m.num_a + a) * m.dim;
+  const double *columns = m.b_columns + image * m.dim * m.num_b;
+  std::fill(similarity, similarity + m.num_b, 0.0);
+  for (int64_t d = 0; d < m.dim; ++d) {
+    const double ad = row[d];
+    const double *bd = columns + d * m.num_b;
+#pragma omp simd
+    for (int64_t b = 0; b < m.num_b; ++b) similarity[b] += ad * bd[b];
+  }
+  double best = -INFINITY;
+  int32_t match = static_cast<int32_t>(m.first_b);
+  for (int64_t b = m.first_b; b < m.num_b; ++b)
+    if (similarity[b] > best) {
+      best = similarity[b];
+      match = static_cast<int32_t>(b);
+    }
+  m.best[image * m.num_a + a] = best;
+  m.match[image * m.num_a + a] = match;
+}
+
 // The r A tokens with the best match merge into it. Layout: protected tokens, the unmerged A tokens in
 // ascending position, then the B tokens in order.
-void PlanPool(const float *keys, int64_t heads, int64_t dim, const Plan &p) {
-  const int64_t n = p.tokens, num_a = (n + 1) / 2, num_b = n / 2, r = n - p.out;
-  std::vector<double> metric(n * dim, 0.0);
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t t = 0; t < n; ++t) {
-      const float *row = keys + (h * n + t) * dim;
-      double *m = metric.data() + t * dim;
-      for (int64_t d = 0; d < dim; ++d) m[d] += row[d];
-    }
-  for (int64_t t = 0; t < n; ++t) {
-    double *m = metric.data() + t * dim;
-    double norm = 0.0;
-    for (int64_t d = 0; d < dim; ++d) norm += m[d] * m[d];
-    const double inv = 1.0 / std::sqrt(norm);
-    for (int64_t d = 0; d < dim; ++d) m[d] *= inv;
-  }
-  std::vector<double> best(num_a, -INFINITY);
-  std::vector<int64_t> match(num_a, p.protect == 2 ? 1 : 0);  // never the distillation token
-  for (int64_t a = 1; a < num_a; ++a) {  // a = 0 is the class token
-    const double *ma = metric.data() + 2 * a * dim;
-    for (int64_t b = p.protect == 2 ? 1 : 0; b < num_b; ++b) {
-      const double *mb = metric.data() + (2 * b + 1) * dim;
-      double s = 0.0;
-      for (int64_t d = 0; d < dim; ++d) s += ma[d] * mb[d];
-      if (s > best[a]) {
-        best[a] = s;
-        match[a] = b;
-      }
-    }
-  }
-  std::vector<int32_t> order(num_a);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&best](int32_t a, int32_t b) { return best[a] > best[b]; });
+void PlanPool(const Matching &m, int64_t image, const Plan &p) {
+  const int64_t num_a = m.num_a, num_b = m.num_b, r = p.tokens - p.out;
+  const double *best = m.best + image * num_a;
+  const int32_t *match = m.match + image * num_a;
+  std::vector<int32_t> order(num_a - 1);
+  std::iota(order.begin(), order.end(), 1);
+  std::stable_sort(order.begin(), order.end(), [best](int32_t a, int32_t b) { return best[a] > best[b]; });
   std::vector<char> merged(num_a, 0);
   for (int64_t i = 0; i < r; ++i) merged[order[i]] = 1;
   // output slots: protected first (class = A[0], distillation = B[0]), unmerged A ascending, other B tokens
@@ -82,7 +109,7 @@ void PlanPool(const float *keys, int64_t heads, int64_t dim, const Plan &p) {
   if (p.protect == 2) place(1);
   for (int64_t a = 1; a < num_a; ++a)
     if (!merged[a]) place(2 * a);
-  for (int64_t b = p.protect == 2 ? 1 : 0; b < num_b; ++b) place(2 * b + 1);
+  for (int64_t b = m.first_b; b < num_b; ++b) place(2 * b + 1);
   for (int64_t a = 1; a < num_a; ++a)
     if (merged[a]) p.dest[2 * a] = p.dest[2 * match[a] + 1];
 }
@@ -146,11 +173,30 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   int32_t *dest = static_cast<int32_t *>(params[5]);
   const int64_t batch = shapes[0][0], tokens = shapes[0][1], out = shapes[4][1];
   const int64_t heads = shapes[2][1], dim = shapes[2][3];
-  mindppt::ParallelFor(batch, tokens * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
+  const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
+  // the calling thread's buffers (reused: a fresh multi-megabyte allocation faults its pages in each call)
+  thread_local std::vector<double> a_rows, b_columns, best;
+  thread_local std::vector<int32_t> match;
+  a_rows.resize(batch * num_a * dim);
+  b_columns.resize(batch * dim * num_b);
+  best.resize(batch * num_a);
+  match.resize(batch * num_a);
+  const Matching m{tokens, num_a, num_b, dim, protect == 2 ? 1 : 0,
+                   a_rows.data(), b_columns.data(), best.data(), match.data()};
+  mindppt::ParallelFor(batch, heads * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      if (pooled[b] != 0.0f) NormalisedKeys(keys + b * heads * tokens * dim, heads, m, b);
+  });
+  mindppt::ParallelFor(batch * num_a, num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
+    std::vector<double> similarity(num_b);
+    for (int64_t row = begin; row < end; ++row)
+      if (row % num_a != 0 && pooled[row / num_a] != 0.0f) BestMatch(m, row / num_a, row % num_a, similarity.data());
+  });
+  mindppt::ParallelFor(batch, tokens * 16, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const Plan plan{tokens, out, protect, kept + b * out, dest + b * tokens};
       if (pooled[b] != 0.0f)
-        PlanPool(keys + b * heads * tokens * dim, heads, dim, plan);
+        PlanPool(m, b, plan);
       else
         PlanPrune(scores + b * tokens, plan);
     }

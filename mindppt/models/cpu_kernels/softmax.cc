@@ -1,6 +1,6 @@
 // Fused softmax over the last axis for MindSpore's CPU backend (ops.Custom, func_type="aot"), float32,
-// optionally with PPT's proportional-attention bias: softmax(logits + log(size)) with the per-key bias
-// (B, N) broadcast over heads and queries, in the same pass instead of a cast, an add and a cast.
+// optionally with PPT's proportional attention: softmax(logits + log(size)) with the per-key log sizes
+// (B, N) broadcast over heads and queries, in the same pass instead of a log, a cast, an add and a cast.
 #include "common.h"
 
 namespace {
@@ -61,10 +61,15 @@ extern "C" int MindpptSoftmaxForward(int nparam, void **params, int *ndims, int6
   return Forward(params, ndims, shapes, nullptr, static_cast<float *>(params[1]));
 }
 
-// inputs x (B, ..., M), bias (B, M); output y like x
-extern "C" int MindpptBiasSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes,
+// inputs x (B, ..., M), size (B, M); output y = softmax(x + log(size)) like x
+extern "C" int MindpptSizeSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes,
                                          const char **dtypes, void *stream, void *extra) {
-  return Forward(params, ndims, shapes, static_cast<const float *>(params[1]), static_cast<float *>(params[2]));
+  const float *size = static_cast<const float *>(params[1]);
+  const int64_t count = mindppt::NumElements(ndims[1], shapes[1]);
+  thread_local std::vector<float> log_size;  // the calling thread's, read by the workers
+  log_size.resize(count);
+  for (int64_t i = 0; i < count; ++i) log_size[i] = std::log(size[i]);
+  return Forward(params, ndims, shapes, log_size.data(), static_cast<float *>(params[2]));
 }
 
 // inputs y (the softmax), dy; output dx = y * (dy - sum(dy * y)) per row

@@ -113,6 +113,14 @@ def _random_block(batch, heads, tokens, dim, width):
             f32(np.floor(RNG.uniform(1, 5, (batch, tokens)))))
 
 
+HALF = ms.Tensor(0.5, ms.float32)
+
+
+def variance_for(pooled):
+    """Variances that make the images with pooled = 1 pool at the threshold HALF."""
+    return f32(np.where(pooled == 1, 0.25, 0.75))
+
+
 @pytest.mark.parametrize("num_protected", [1, 2])
 def test_compression_kernels_follow_the_reference(library, num_protected):
     """Significance within float32 bounds of the reference; per image (prune or pool, chosen here) the
@@ -124,7 +132,7 @@ def test_compression_kernels_follow_the_reference(library, num_protected):
     protect = ms.Tensor(np.array([num_protected], np.float32))
     scores, variance = (o.asnumpy() for o in significance(t(attn), t(v), protect))
     pooled = np.array([1, 0, 1, 0, 1, 0], np.float32)
-    kept, dest = (o.asnumpy() for o in plan(t(scores), t(pooled), t(k), protect))
+    kept, dest = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(k), protect))
     new_x, new_size = (o.asnumpy() for o in merge(t(x), t(size), ms.Tensor(dest)))
     source = f32(np.eye(tokens)[None].repeat(batch, 0) * RNG.integers(0, 2, (batch, tokens, 1)))
     new_source = sum_rows(t(source), ms.Tensor(dest)).asnumpy()
@@ -163,8 +171,8 @@ def test_pool_plan_at_model_size_follows_the_reference(library, num_protected):
     _, plan, _, _, _ = fused_cpu.compression_ops(tokens - r, library)
     pooled = np.array([1, 1, 0], np.float32)
     scores = f32(RNG.random((batch, tokens)))
-    kept, _ = (o.asnumpy() for o in plan(t(scores), t(pooled), t(k), ms.Tensor(np.array([num_protected],
-                                                                                        np.float32))))
+    protect = ms.Tensor(np.array([num_protected], np.float32))
+    kept, _ = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(k), protect))
     for i in range(batch):
         args = (x[i].astype(np.float64), size[i].astype(np.float64), np.eye(tokens))
         if pooled[i]:

@@ -312,11 +312,21 @@ def patchify_op(patch_size, library=None):
     return _custom(library, "MindpptPatchify", lambda x: (x[0] * (x[2] // p) * (x[3] // p), x[1] * p * p), _first)
 
 
+def embed_tokens_op(library=None):
+    """(patches (B, P, C), prefix (1, K, C), pos (1, K + P, C)) -> (prefix, patches) + pos (B, K + P, C),
+    or None."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return _custom(library, "MindpptEmbedTokens", lambda x, prefix, pos: (x[0], pos[1], x[2]), _first)
+
+
 def compression_ops(num_out, library=None):
     """``(significance, plan, merge, merge_backward, sum_rows)`` of PPT's compression to ``num_out``
     tokens, or None. significance(attn (B, H, N, N), v (B, H, N, D), num_protected (1,)) -> (scores (B, N),
-    variance (B,)); plan(scores (B, N), pooled (B,) float 0/1, keys (B, H, N, D), num_protected (1,)) -> (kept (B, M)
-    int32, dest (B, N) int32); merge(x (B, N, C), size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
+    variance (B,)); plan(scores (B, N), variance (B,), threshold () (pool where variance < threshold),
+    keys (B, H, N, D), num_protected (1,)) -> (kept (B, M) int32, dest (B, N) int32); merge(x (B, N, C),
+    size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
     merge_backward(dnew_x, size, new_size, dest) -> dx; sum_rows(rows (B, N, K), dest) -> (B, M, K)."""
     library = library or library_path()
     if library is None:

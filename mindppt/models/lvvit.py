@@ -27,7 +27,7 @@ from mindspore.common.initializer import TruncatedNormal, Zero, initializer
 
 from .deit import PPT_DEFAULTS, with_ppt_names
 from .registry import IMAGENET_MEAN_255, IMAGENET_STD_255, make_cfg, register_model
-from .vit import VisionTransformer
+from .vit import Linear, VisionTransformer
 
 STEM_CHANNELS = 64
 AUX_WEIGHT = 0.5  # weight of the token-labelling head's maximum at inference (official)
@@ -105,7 +105,7 @@ class LVViT(VisionTransformer):
         config.update(kwargs)
         super().__init__(**config)
         dim, num_classes = self.embed_dim, self.num_classes
-        self.aux_head = nn.Dense(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self.aux_head.weight.set_data(initializer(TruncatedNormal(0.02), (num_classes, dim)))
             self.aux_head.bias.set_data(initializer(Zero(), (num_classes,)))

@@ -178,9 +178,9 @@ class TokenCompression(nn.Cell):
         # Scores and matching only make discrete choices: no gradient flows through them.
         attn, k, v = ops.stop_gradient(attn), ops.stop_gradient(k), ops.stop_gradient(v)
         scores, variance = self.significance(attn, v)
-        pooled = variance < self.ppt_threshold
+        pooled = variance < self.ppt_threshold  # the fused plan makes this test itself
         if self.fused_plan is not None and x.dtype == ms.float32:
-            kept, dest = self.fused_plan(scores, pooled.astype(ms.float32), k.astype(ms.float32),
+            kept, dest = self.fused_plan(scores, variance, self.ppt_threshold, k.astype(ms.float32),
                                          self.num_protected_tensor)
             new_x, new_size = self.fused_merge(x, size, dest)
             if self.trace_source:

@@ -103,7 +103,7 @@ class PatchEmbed(_Float32Kernels, nn.Cell):
                               pad_mode="valid", has_bias=True)
         self.matmul = ops.MatMul(transpose_b=True)
         linear = fused_cpu.linear_ops()
-        self.linear = _LinearFn(linear[0]) if linear is not None else None
+        self.linear = _PatchLinear(linear[0]) if linear is not None else None
         patchify = fused_cpu.patchify_op(patch_size)
         self.patchify = _UnaryKernel(patchify, self_adjoint=False) if patchify is not None else None
 
@@ -119,12 +119,48 @@ class PatchEmbed(_Float32Kernels, nn.Cell):
         else:
             x = x.reshape(b, self.in_channels, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)
             x = x.reshape(b * self.num_patches, self.in_channels * p * p)
-        w = self.proj.weight.reshape(self.embed_dim, -1).astype(x.dtype)
         if self.linear is not None and self.float32_kernels and x.dtype == ms.float32:
-            x = self.linear(x, w, self.proj.bias)
+            x = self.linear(x, self.proj.weight, self.proj.bias)
         else:
+            w = self.proj.weight.reshape(self.embed_dim, -1).astype(x.dtype)
             x = self.matmul(x, w) + self.proj.bias.astype(x.dtype)
         return x.reshape(b, self.num_patches, self.embed_dim)
+
+
+class _FusedEmbedTokens(nn.Cell):
+    """The CPU token-assembly kernel with its gradient: the patches get their rows, the prefix tokens and
+    the position embedding the sums over the batch (a matmul with ones, as for the bias)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+        self.matmul = ops.MatMul()
+
+    def construct(self, x, prefix, pos):
+        return self.kernel(x, prefix, pos)
+
+    def bprop(self, x, prefix, pos, out, dout):
+        b, t, c = dout.shape
+        total = self.matmul(ops.ones((1, b), dout.dtype), dout.reshape(b, t * c)).reshape(1, t, c)
+        k = prefix.shape[1]
+        return dout[:, k:], total[:, :k], total
+
+
+class TokenEmbedding(_Float32Kernels, nn.Cell):
+    """The token sequence: the prefix tokens (1, K, C) (class, distillation) in front of the patch
+    embeddings (B, P, C), plus the position embedding (1, K + P, C). One kernel on the CPU backend in
+    float32 (:mod:`.fused_cpu`), else concat and add in ``x``'s dtype."""
+
+    def __init__(self):
+        super().__init__()
+        kernel = fused_cpu.embed_tokens_op()
+        self.fused = _FusedEmbedTokens(kernel) if kernel is not None else None
+
+    def construct(self, x, prefix, pos):
+        if self.fused is not None and self.float32_kernels and x.dtype == prefix.dtype == pos.dtype == ms.float32:
+            return self.fused(x, prefix, pos)
+        prefix = ops.broadcast_to(prefix.astype(x.dtype), (x.shape[0],) + prefix.shape[1:])
+        return ops.concat((prefix, x), axis=1) + pos.astype(x.dtype)
 
 
 class _RandomKeep(nn.Cell):
@@ -237,6 +273,15 @@ class _LinearFn(nn.Cell):
         ones = ops.ones((1, x.shape[0]), dout.dtype)
         return (self.grad_input(dout, weight), self.grad_weight(dout, x),
                 self.grad_input(ones, dout).reshape(bias.shape))
+
+
+class _PatchLinear(_LinearFn):
+    """The gemm kernel on the Conv2d's weight (N, C, P, P), read as the (N, C * P * P) it is in memory:
+    MindSpore's Reshape of the weight copied it on every forward."""
+
+    def bprop(self, x, weight, bias, out, dout):
+        dx, dw, db = super().bprop(x, weight.reshape(weight.shape[0], -1), bias, out, dout)
+        return dx, dw.reshape(weight.shape), db
 
 
 class _LinearResidual(_LinearFn):
@@ -587,6 +632,7 @@ class VisionTransformer(nn.Cell):
                                         name="dist_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_tokens, embed_dim), ms.float32),
                                    name="pos_embed")
+        self.embed_tokens = TokenEmbedding()
         self.pos_drop = Dropout(drop_rate)
 
         self.pp_loc_list = tuple(int(i) for i in pp_loc_list)
@@ -607,9 +653,9 @@ class VisionTransformer(nn.Cell):
         self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(embed_dim, norm_eps)
         self.head_drop = Dropout(drop_rate)
-        self.head = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if self.distilled:
-            self.head_dist = nn.Dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self):
@@ -651,13 +697,8 @@ class VisionTransformer(nn.Cell):
     def forward_features(self, x):
         x = self.patch_embed(x)
         b = x.shape[0]
-        cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, self.embed_dim))
-        if self.distilled:
-            dist = ops.broadcast_to(self.dist_token.astype(x.dtype), (b, 1, self.embed_dim))
-            x = ops.concat((cls, dist, x), axis=1) + self.pos_embed.astype(x.dtype)
-        else:
-            x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
-        x = self.pos_drop(x)
+        prefix = ops.concat((self.cls_token, self.dist_token), axis=1) if self.distilled else self.cls_token
+        x = self.pos_drop(self.embed_tokens(x, prefix, self.pos_embed))
         size = ops.ones((b, self.num_original_tokens), ms.float32)
         source = None
         if self.trace_source:

@@ -3,8 +3,9 @@
 // index maps instead of the portable path's B x N_out x N_in assignment matrices. Those matrices and
 // their products made a compression block cost more memory than a dense block.
 //
-// Plan: inputs scores (B, N) (protected tokens already scored above every other), pooled (B) (1 = pool),
-// keys (B, H, N, D), settings (1) = number of protected tokens (1 or 2); outputs kept (B, N - r) int32
+// Plan: inputs scores (B, N) (protected tokens already scored above every other), variance (B) and
+// threshold () (an image pools when variance < threshold), keys (B, H, N, D), settings (1) = number of
+// protected tokens (1 or 2); outputs kept (B, N - r) int32
 // (the original position of each output token: the best score for pruning, ToMe's layout for pooling)
 // and dest (B, N) int32 (the output token each input token goes to, -1 if pruned). r comes from the
 // output shape. Merge: new_x[d] = sum over dest[j] = d of size_j x_j / new_size[d], new_size[d] = sum size_j.
@@ -166,17 +167,22 @@ extern "C" int MindpptSignificance(int nparam, void **params, int *ndims, int64_
 extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                       void *stream, void *extra) {
   const float *scores = static_cast<const float *>(params[0]);
-  const float *pooled = static_cast<const float *>(params[1]);
-  const float *keys = static_cast<const float *>(params[2]);
-  const int64_t protect = static_cast<int64_t>(*static_cast<const float *>(params[3]));
-  int32_t *kept = static_cast<int32_t *>(params[4]);
-  int32_t *dest = static_cast<int32_t *>(params[5]);
-  const int64_t batch = shapes[0][0], tokens = shapes[0][1], out = shapes[4][1];
-  const int64_t heads = shapes[2][1], dim = shapes[2][3];
+  const float *variance = static_cast<const float *>(params[1]);
+  const float threshold = *static_cast<const float *>(params[2]);
+  const float *keys = static_cast<const float *>(params[3]);
+  const int64_t protect = static_cast<int64_t>(*static_cast<const float *>(params[4]));
+  int32_t *kept = static_cast<int32_t *>(params[5]);
+  int32_t *dest = static_cast<int32_t *>(params[6]);
+  const int64_t batch = shapes[0][0], tokens = shapes[0][1], out = shapes[5][1];
+  const int64_t heads = shapes[3][1], dim = shapes[3][3];
   const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
   // the calling thread's buffers (reused: a fresh multi-megabyte allocation faults its pages in each call)
   thread_local std::vector<double> a_rows, b_columns, best;
   thread_local std::vector<int32_t> match;
+  thread_local std::vector<char> pooled_images;
+  pooled_images.resize(batch);
+  for (int64_t b = 0; b < batch; ++b) pooled_images[b] = variance[b] < threshold;
+  const char *pooled = pooled_images.data();
   a_rows.resize(batch * num_a * dim);
   b_columns.resize(batch * dim * num_b);
   best.resize(batch * num_a);
@@ -185,17 +191,17 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
                    a_rows.data(), b_columns.data(), best.data(), match.data()};
   mindppt::ParallelFor(batch, heads * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
-      if (pooled[b] != 0.0f) NormalisedKeys(keys + b * heads * tokens * dim, heads, m, b);
+      if (pooled[b]) NormalisedKeys(keys + b * heads * tokens * dim, heads, m, b);
   });
   mindppt::ParallelFor(batch * num_a, num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
     std::vector<double> similarity(num_b);
     for (int64_t row = begin; row < end; ++row)
-      if (row % num_a != 0 && pooled[row / num_a] != 0.0f) BestMatch(m, row / num_a, row % num_a, similarity.data());
+      if (row % num_a != 0 && pooled[row / num_a]) BestMatch(m, row / num_a, row % num_a, similarity.data());
   });
   mindppt::ParallelFor(batch, tokens * 16, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const Plan plan{tokens, out, protect, kept + b * out, dest + b * tokens};
-      if (pooled[b] != 0.0f)
+      if (pooled[b])
         PlanPool(m, b, plan);
       else
         PlanPrune(scores + b * tokens, plan);

@@ -36,56 +36,73 @@ void PlanPrune(const float *scores, const Plan &p) {
 // ToMe bipartite soft matching on the head-summed, L2-normalised keys (double precision): A = even
 // positions, B = odd positions; the class token's row (and a distillation token's column) cannot match.
 // The matching runs in three passes, so that one image's similarity rows are shared between threads too.
+constexpr int64_t kTileRows = 4, kTileColumns = 16;  // a register tile of similarities (8 AVX-512 registers)
+
 struct Matching {
   int64_t tokens, num_a, num_b, dim, first_b;  // first_b: 1 when a distillation token is protected
+  int64_t stride;     // num_b rounded up to whole tiles, the padding zero
   double *a_rows;     // (B, num_a, dim) normalised keys of the A tokens
-  double *b_columns;  // (B, dim, num_b) normalised keys of the B tokens, transposed for the row products
+  double *b_columns;  // (B, dim, stride) normalised keys of the B tokens, transposed for the row products
   double *best;       // (B, num_a) best similarity of each A token
   int32_t *match;     // (B, num_a) its B token (the first one on equal similarities)
 };
 
-void NormalisedKeys(const float *keys, int64_t heads, const Matching &m, int64_t image) {
-  std::vector<double> metric(m.dim);
-  for (int64_t t = 0; t < m.tokens; ++t) {
-    std::fill(metric.begin(), metric.end(), 0.0);
-    for (int64_t h = 0; h < heads; ++h) {
-      const float *row = keys + (h * m.tokens + t) * m.dim;
-      for (int64_t d = 0; d < m.dim; ++d) metric[d] += row[d];
-    }
-    double norm = 0.0;
-    for (int64_t d = 0; d < m.dim; ++d) norm += metric[d] * metric[d];
-    const double inv = 1.0 / std::sqrt(norm);
-    if (t % 2 == 0) {
-      double *a = m.a_rows + (image * m.num_a + t / 2) * m.dim;
-      for (int64_t d = 0; d < m.dim; ++d) a[d] = metric[d] * inv;
-    } else {
-      double *b = m.b_columns + image * m.dim * m.num_b + t / 2;
-      for (int64_t d = 0; d < m.dim; ++d) b[d * m.num_b] = metric[d] * inv;
-    }
+// the normalised key of token t of an image, into a_rows or b_columns
+void NormalisedKey(const float *keys, int64_t heads, const Matching &m, int64_t image, int64_t t) {
+  thread_local std::vector<double> sums;
+  sums.assign(m.dim, 0.0);
+  double *metric = sums.data();
+  for (int64_t h = 0; h < heads; ++h) {
+    const float *row = keys + (h * m.tokens + t) * m.dim;
+#pragma omp simd
+    for (int64_t d = 0; d < m.dim; ++d) metric[d] += row[d];
+  }
+  double norm = 0.0;
+#pragma omp simd reduction(+ : norm)
+  for (int64_t d = 0; d < m.dim; ++d) norm += metric[d] * metric[d];
+  const double inv = 1.0 / std::sqrt(norm);
+  if (t % 2 == 0) {
+    double *a = m.a_rows + (image * m.num_a + t / 2) * m.dim;
+    for (int64_t d = 0; d < m.dim; ++d) a[d] = metric[d] * inv;
+  } else {
+    double *columns = m.b_columns + image * m.dim * m.stride;
+    for (int64_t d = 0; d < m.dim; ++d) columns[d * m.stride + t / 2] = metric[d] * inv;
   }
 }
 
-// best and match for A token a (>= 1; a = 0 is the class token) of an image: one row of A B^T, each
-// dot product summed in dimension order
-void BestMatch(const Matching &m, int64_t image, int64_t a, double *similarity) {
-  const double *row = m.a_rows + (image * m.num_a + a) * m.dim;
-  const double *columns = m.b_columns + image * m.dim * m.num_b;
-  std::fill(similarity, similarity + m.num_b, 0.0);
-  for (int64_t d = 0; d < m.dim; ++d) {
-    const double ad = row[d];
-    const double *bd = columns + d * m.num_b;
-#pragma omp simd
-    for (int64_t b = 0; b < m.num_b; ++b) similarity[b] += ad * bd[b];
+// best and match of A tokens first .. first + count - 1 (count <= kTileRows; A token 0, the class token,
+// is never matched) of an image: their rows of A B^T a register tile at a time, each dot product summed
+// in dimension order
+void BestMatches(const Matching &m, int64_t image, int64_t first, int64_t count) {
+  const double *rows[kTileRows];
+  for (int64_t i = 0; i < kTileRows; ++i)  // a short tile repeats its last row
+    rows[i] = m.a_rows + (image * m.num_a + first + (i < count ? i : count - 1)) * m.dim;
+  const double *columns = m.b_columns + image * m.dim * m.stride;
+  double *best = m.best + image * m.num_a + first;
+  int32_t *match = m.match + image * m.num_a + first;
+  for (int64_t i = 0; i < count; ++i) {
+    best[i] = -INFINITY;
+    match[i] = static_cast<int32_t>(m.first_b);
   }
-  double best = -INFINITY;
-  int32_t match = static_cast<int32_t>(m.first_b);
-  for (int64_t b = m.first_b; b < m.num_b; ++b)
-    if (similarity[b] > best) {
-      best = similarity[b];
-      match = static_cast<int32_t>(b);
+  for (int64_t b0 = 0; b0 < m.num_b; b0 += kTileColumns) {
+    double tile[kTileRows][kTileColumns] = {};
+    for (int64_t d = 0; d < m.dim; ++d) {
+      const double *bd = columns + d * m.stride + b0;
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        const double ad = rows[i][d];
+#pragma omp simd
+        for (int64_t j = 0; j < kTileColumns; ++j) tile[i][j] += ad * bd[j];
+      }
     }
-  m.best[image * m.num_a + a] = best;
-  m.match[image * m.num_a + a] = match;
+    const int64_t start = b0 < m.first_b ? m.first_b - b0 : 0;
+    const int64_t stop = m.num_b - b0 < kTileColumns ? m.num_b - b0 : kTileColumns;
+    for (int64_t i = 0; i < count; ++i)
+      for (int64_t j = start; j < stop; ++j)
+        if (tile[i][j] > best[i]) {
+          best[i] = tile[i][j];
+          match[i] = static_cast<int32_t>(b0 + j);
+        }
+  }
 }
 
 // The r A tokens with the best match merge into it. Layout: protected tokens, the unmerged A tokens in
@@ -176,6 +193,8 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   const int64_t batch = shapes[0][0], tokens = shapes[0][1], out = shapes[5][1];
   const int64_t heads = shapes[3][1], dim = shapes[3][3];
   const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
+  const int64_t stride = (num_b + kTileColumns - 1) / kTileColumns * kTileColumns;
+  const int64_t tiles = (num_a - 1 + kTileRows - 1) / kTileRows;  // per image, from A token 1
   // the calling thread's buffers (reused: a fresh multi-megabyte allocation faults its pages in each call)
   thread_local std::vector<double> a_rows, b_columns, best;
   thread_local std::vector<int32_t> match;
@@ -184,19 +203,25 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   for (int64_t b = 0; b < batch; ++b) pooled_images[b] = variance[b] < threshold;
   const char *pooled = pooled_images.data();
   a_rows.resize(batch * num_a * dim);
-  b_columns.resize(batch * dim * num_b);
+  b_columns.resize(batch * dim * stride);
   best.resize(batch * num_a);
   match.resize(batch * num_a);
-  const Matching m{tokens, num_a, num_b, dim, protect == 2 ? 1 : 0,
-                   a_rows.data(), b_columns.data(), best.data(), match.data()};
-  mindppt::ParallelFor(batch, heads * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      if (pooled[b]) NormalisedKeys(keys + b * heads * tokens * dim, heads, m, b);
+  const Matching m{tokens,        num_a,           num_b,       dim,         protect == 2 ? 1 : 0,
+                   stride,        a_rows.data(),   b_columns.data(), best.data(), match.data()};
+  for (int64_t b = 0; b < batch; ++b)  // the tiles' padding columns
+    for (int64_t d = 0; d < dim; ++d)
+      std::fill(b_columns.begin() + (b * dim + d) * stride + num_b, b_columns.begin() + (b * dim + d + 1) * stride, 0.0);
+  mindppt::ParallelFor(batch * tokens, heads * dim, [=](unsigned, int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t image = row / tokens;
+      if (pooled[image]) NormalisedKey(keys + image * heads * tokens * dim, heads, m, image, row % tokens);
+    }
   });
-  mindppt::ParallelFor(batch * num_a, num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
-    std::vector<double> similarity(num_b);
-    for (int64_t row = begin; row < end; ++row)
-      if (row % num_a != 0 && pooled[row / num_a]) BestMatch(m, row / num_a, row % num_a, similarity.data());
+  mindppt::ParallelFor(batch * tiles, kTileRows * num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t image = item / tiles, first = 1 + item % tiles * kTileRows;
+      if (pooled[image]) BestMatches(m, image, first, std::min(kTileRows, num_a - first));
+    }
   });
   mindppt::ParallelFor(batch, tokens * 16, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {

@@ -206,11 +206,10 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   b_columns.resize(batch * dim * stride);
   best.resize(batch * num_a);
   match.resize(batch * num_a);
-  const Matching m{tokens,        num_a,           num_b,       dim,         protect == 2 ? 1 : 0,
-                   stride,        a_rows.data(),   b_columns.data(), best.data(), match.data()};
-  for (int64_t b = 0; b < batch; ++b)  // the tiles' padding columns
-    for (int64_t d = 0; d < dim; ++d)
-      std::fill(b_columns.begin() + (b * dim + d) * stride + num_b, b_columns.begin() + (b * dim + d + 1) * stride, 0.0);
+  const Matching m{tokens, num_a, num_b, dim, protect == 2 ? 1 : 0, stride,
+                   a_rows.data(), b_columns.data(), best.data(), match.data()};
+  for (int64_t column = 0; column < batch * dim; ++column)  // the tiles' padding
+    std::fill(b_columns.begin() + column * stride + num_b, b_columns.begin() + (column + 1) * stride, 0.0);
   mindppt::ParallelFor(batch * tokens, heads * dim, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t image = row / tokens;

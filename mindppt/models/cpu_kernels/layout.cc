@@ -1,8 +1,7 @@
 // Layout changes of the ViT for MindSpore's CPU backend (ops.Custom, func_type="aot"), float32: the
 // attention's head split and merge, the patch extraction and the token sequence's assembly, as plain
-// copies of contiguous runs. Each
-// MindSpore CPU Transpose took twice the time of a copy and kept a buffer of about twice its tensor's
-// size alive for the graph's lifetime, per call site.
+// copies of contiguous runs. Each MindSpore CPU Transpose took twice the time of a copy and kept a
+// buffer of about twice its tensor's size alive for the graph's lifetime, per call site.
 #include "common.h"
 
 namespace {

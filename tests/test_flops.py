@@ -8,7 +8,8 @@ embedding or stem, every block's q/k/v, q k^T, attention x v, projection and MLP
 (always pool), the same count. The compression cell's own scoring, matching and assignment products are
 not part of the papers' GMACs: they are counted apart and printed (``pytest -s``); on the CPU backend's
 fused compression kernels (mindppt.models.fused_cpu) the cell calls no matmul primitive at all, and the
-fused gemm kernels (linear layers, attention products) are counted as the matmuls they replace.
+fused gemm kernels (linear layers, attention products, the whole attention) are counted as the matmuls they
+replace.
 """
 import math
 from collections import Counter
@@ -37,16 +38,19 @@ def _weight_fan_in(prim, args, out):
     return math.prod(args[1].shape[1:])  # Dense (out, in); convolution (out, in / groups, *kernel)
 
 
-# The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices; each one's first input's last axis
-# is the reduction: linear layers (x (R, K)), q k^T (q (.., D)), attention x v (attn (.., M)).
-GEMM_KERNELS = {"MindpptLinear", "MindpptLinearResidual", "MindpptLinearGelu", "MindpptAttentionScores",
-                "MindpptAttentionValues"}
+# The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices, and their multiply-accumulates per
+# output element: the first input's last axis for linear layers (x (R, K)), q k^T (q (.., D)) and attention x
+# v (attn (.., M)); q k^T and attention x v together (2 N per element of (B, N, C)) for the whole attention.
+_LAST_AXIS = lambda args: args[0].shape[-1]
+GEMM_KERNELS = {"MindpptLinear": _LAST_AXIS, "MindpptLinearResidual": _LAST_AXIS, "MindpptLinearGelu": _LAST_AXIS,
+                "MindpptAttentionScores": _LAST_AXIS, "MindpptAttentionValues": _LAST_AXIS,
+                "MindpptAttention": lambda args: 2 * args[0].shape[1],
+                "MindpptSizeAttention": lambda args: 2 * args[0].shape[1]}
 
 
 def _custom_depth(prim, args, out):
-    if str(prim.func).rpartition(":")[2] not in GEMM_KERNELS:
-        return 0  # element-wise, normalisation, layout and compression kernels
-    return args[0].shape[-1]
+    depth = GEMM_KERNELS.get(str(prim.func).rpartition(":")[2])
+    return 0 if depth is None else depth(args)  # 0: element-wise, normalisation, layout, compression kernels
 
 
 # Multiply-accumulates per output element, for every matmul-like primitive a model may call.

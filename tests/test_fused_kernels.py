@@ -279,20 +279,51 @@ def test_gemm_kernels_against_float64(library):
     assert np.all(np.abs(merged.reshape(2, 29, 3, 16).transpose(0, 2, 1, 3) - heads) <= bound)
 
 
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_fused_attention_against_float64(library, with_sizes):
+    """softmax(scale q k^T (+ log size)) v per head from the qkv projection read in place, heads merged:
+    within the bound of the logits' rounding carried through the softmax, plus the product's own bound.
+    Enough images and heads that the work is split between the kernel threads."""
+    rng = np.random.default_rng(3)
+    attend, attend_sizes = fused_cpu.fused_attention_ops(library)
+    batch, tokens, heads, dim, scale = 3, 29, 6, 16, 0.3  # a scale that is not a power of two
+    qkv = f32(rng.standard_normal((batch, tokens, 3 * heads * dim))).astype(np.float64)
+    size = np.floor(rng.uniform(1, 12, (batch, tokens)))
+    setting = ms.Tensor(f32([heads, scale]))
+    out = (attend_sizes(t(qkv), t(size), setting) if with_sizes else attend(t(qkv), setting)).asnumpy()
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, dim).transpose(2, 0, 3, 1, 4)
+    logits = scale * q @ np.swapaxes(k, -1, -2) + (np.log(size)[:, None, None, :] if with_sizes else 0.0)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = e / e.sum(-1, keepdims=True)
+    exact = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, heads * dim)
+    # logits: the product's bound, the scaling and a float32 log(size) (< 2.5, 2 units in its last place)
+    logit_error = _product_bound(scale * q, k) + 2 * U32 * np.abs(logits) + (5 * 2.5 * U32 if with_sizes else 0)
+    # a softmax moves by at most twice its logits' largest error, relative, plus its own roundings
+    prob_error = probs * (2 * logit_error.max(-1, keepdims=True) + (tokens + 8) * U32)
+    bound = prob_error @ np.abs(v) + _product_bound(probs, np.swapaxes(v, -1, -2))
+    bound = bound.transpose(0, 2, 1, 3).reshape(exact.shape)
+    assert out.shape == exact.shape
+    assert np.all(np.abs(out - exact) <= bound)
+
+
 def test_gemm_cells_give_the_portable_outputs_and_gradients():
     """Linear with a residual or a GELU at inference, and Attention (its products and head merge in the gemm
-    kernels), fused and portable with the same weights: outputs and input/weight gradients agree within
-    float32 bounds, so a model differentiated at inference (e.g. for saliency) gets the same gradients."""
+    kernels; without internals, the whole attention in one kernel), fused and portable with the same weights:
+    outputs and input/weight gradients agree within float32 bounds, so a model differentiated at inference
+    (e.g. for saliency) gets the same gradients."""
     rng = np.random.default_rng(2)
     x = f32(rng.standard_normal((2, 9, 64)))
     res = ms.Tensor(f32(rng.standard_normal((2, 9, 64))))
     size = ms.Tensor(f32(rng.integers(1, 5, (2, 9))))
     with fused_cpu.disabled():
-        portable = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True)]
-    fused = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True)]
+        portable = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True),
+                    Attention(64, 4, prop_attn=True, internals=False)]
+    fused = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True),
+             Attention(64, 4, prop_attn=True, internals=False)]
     assert fused[0].fn_residual is not None and fused[1].fn_gelu is not None and fused[2].scores is not None
-    assert portable[0].fn is None and portable[2].scores is None
-    for a, b, kind in zip(fused, portable, ("residual", "gelu", "attention")):
+    assert fused[2].fused is None and fused[3].fused is not None
+    assert portable[0].fn is None and portable[2].scores is None and portable[3].fused is None
+    for a, b, kind in zip(fused, portable, ("residual", "gelu", "attention", "attention")):
         for pa, pb in zip(a.trainable_params(), b.trainable_params()):
             pa.set_data(ms.Tensor(f32(rng.standard_normal(pa.shape) / 8)))
             pb.set_data(pa.data.copy())

@@ -381,6 +381,18 @@ def attention_ops(library=None):
             _custom(library, "MindpptAttentionValues", lambda a, v: (a[0], a[2], a[1] * v[3]), _first))
 
 
+def fused_attention_ops(library=None):
+    """``(attend, attend_sizes)``, or None: attend(qkv (B, N, 3C), setting (heads, scale)) -> softmax(scale
+    q k^T) v (B, N, C) with the heads merged, from the qkv projection read in place; attend_sizes(qkv,
+    size (B, N), setting) adds ``log(size)`` to the logits. Forward only (:mod:`.vit` gives the gradient)."""
+    library = library or library_path()
+    if library is None or not _onednn_loaded():
+        return None
+    merged = lambda qkv, *_: (qkv[0], qkv[1], qkv[2] // 3)
+    return (_custom(library, "MindpptAttention", merged, _first),
+            _custom(library, "MindpptSizeAttention", merged, _first))
+
+
 def _first(x, *_):
     return x
 

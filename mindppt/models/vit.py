@@ -419,13 +419,42 @@ class _AttentionValues(nn.Cell):
         return self.matmul_tb(grad, v), self.matmul_ta(attn, grad)
 
 
+class _FusedAttention(nn.Cell):
+    """Attention at inference in one kernel from the qkv projection (B, N, 3C) to the merged heads (B, N, C)
+    (:func:`.fused_cpu.fused_attention_ops`). Its gradient recomputes the attention with the split, scores,
+    softmax and values cells and runs their backward passes (a model differentiated at inference)."""
+
+    def __init__(self, kernels, num_heads, scale, prop_attn, split_qkv, scores, softmax, values):
+        super().__init__()
+        self.kernel, self.size_kernel = kernels
+        self.prop_attn = prop_attn
+        self.setting = Tensor(np.array([num_heads, scale], np.float32))
+        self.split_qkv, self.scores, self.softmax, self.values = split_qkv, scores, softmax, values
+
+    def construct(self, qkv, size):
+        if self.prop_attn:
+            return self.size_kernel(qkv, size, self.setting)
+        return self.kernel(qkv, self.setting)
+
+    def bprop(self, qkv, size, out, dout):
+        q, k, v = self.split_qkv(qkv)
+        logits = self.scores(q, k)
+        attn = self.softmax(logits, size)
+        dattn, dv = self.values.bprop(attn, v, out, dout)
+        dlogits, _ = self.softmax.bprop(logits, size, attn, dattn)
+        dq, dk = self.scores.bprop(q, k, logits, dlogits)
+        return self.split_qkv.bprop(qkv, (q, k, v), (dq, dk, dv))[0], ops.zeros_like(size)
+
+
 class Attention(nn.Cell):
     """Multi-head self-attention; with ``prop_attn`` the logits get ``log(size_j)`` (ToMe/PPT).
 
     Returns the output, the softmaxed attention and the per-head keys and values, which the
-    compression cell needs."""
+    compression cell needs. With ``internals=False`` (a block without compression) the last three are
+    None at inference, where the attention may then run as one fused CPU kernel."""
 
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, prop_attn=False):
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, prop_attn=False,
+                 internals=True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
@@ -446,11 +475,22 @@ class Attention(nn.Cell):
         gemm = fused_cpu.attention_ops() if split is not None else None
         self.scores = _AttentionScores(gemm[0]) if gemm is not None else None
         self.values = _AttentionValues(gemm[1], swap) if gemm is not None else None
+        whole = fused_cpu.fused_attention_ops() if gemm is not None and not internals else None
+        self.fused = None
+        if whole is not None and self.softmax.fused is not None:
+            self.fused = _FusedAttention(whole, num_heads, self.scale, self.prop_attn, self.split_qkv, self.scores,
+                                         self.softmax.fused, self.values)
 
     def construct(self, x, size, residual=None):
         """``residual``: added to the output (inference, where dropout is the identity)."""
         b, n, c = x.shape
         qkv = self.qkv(x)
+        if (self.fused is not None and not self.training and qkv.dtype == ms.float32
+                and self.softmax.float32_kernels):
+            out = self.fused(qkv, size)
+            if residual is None:
+                return self.proj_drop(self.proj(out)), None, None, None
+            return self.proj(out, residual), None, None, None
         fused = self.split_qkv is not None and qkv.dtype == ms.float32
         if fused:
             q, k, v = self.split_qkv(qkv)
@@ -524,7 +564,7 @@ class Block(nn.Cell):
                  drop_path=0.0, prop_attn=False, compression=None, norm_eps=1e-6, skip_lam=1.0):
         super().__init__()
         self.norm1 = LayerNorm(dim, norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, prop_attn)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, prop_attn, internals=compression is not None)
         self.drop_path = DropPath(drop_path)
         self.compression = compression
         self.norm2 = LayerNorm(dim, norm_eps)

@@ -36,6 +36,48 @@ inline float Exp(float a) {
   return e * scale;
 }
 
+// softmax of the row x + bias (bias may be null) into y (y may be x). y holds the biased logits first,
+// then their exponentials, then the probabilities. softmax.cc and the fused attention of gemm.cc share it,
+// so both give the same probabilities.
+inline void SoftmaxRow(const float *x, const float *bias, float *y, int64_t width) {
+  float peak = -INFINITY;
+  if (bias != nullptr) {
+#pragma omp simd reduction(max : peak)
+    for (int64_t c = 0; c < width; ++c) {
+      const float a = x[c] + bias[c];
+      y[c] = a;
+      peak = a > peak ? a : peak;
+    }
+  } else {
+#pragma omp simd reduction(max : peak)
+    for (int64_t c = 0; c < width; ++c) {
+      y[c] = x[c];
+      peak = x[c] > peak ? x[c] : peak;
+    }
+  }
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t c = 0; c < width; ++c) {
+    const float a = y[c] - peak;
+    // exp(-87) is below float's normal range: an exact 0 there, and Exp stays in range
+    const float e = Exp(a < -87.0f ? -87.0f : a);
+    const float kept = a < -87.0f ? 0.0f : e;
+    y[c] = kept;
+    total += kept;
+  }
+  const float inv = 1.0f / total;
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) y[c] *= inv;
+}
+
+// log(size[i]) for i < count in a buffer of the calling thread, which the workers of its job read
+inline const float *LogSizes(const float *size, int64_t count) {
+  thread_local std::vector<float> log_size;
+  log_size.resize(count);
+  for (int64_t i = 0; i < count; ++i) log_size[i] = std::log(size[i]);
+  return log_size.data();
+}
+
 inline unsigned NumThreads() {
   static const unsigned threads = [] {
     const char *env = std::getenv("MINDPPT_KERNEL_THREADS");

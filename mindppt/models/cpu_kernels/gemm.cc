@@ -112,3 +112,47 @@ extern "C" int MindpptAttentionValues(int nparam, void **params, int *ndims, int
   });
   return 0;
 }
+
+namespace {
+
+// Attention at inference from the qkv projection (B, N, 3C), read in place as q | k | v with H heads of
+// D = C / H columns each: per (image, head), scale q k^T (+ log size) goes through the softmax in a
+// thread's N x N buffer and is multiplied by v into the head's columns of y (B, N, C). No head split,
+// no scores tensor: the probabilities stay in cache between the three steps.
+int Attend(void **params, int64_t **shapes, const float *log_size, const float *setting, float *y) {
+  const Sgemm sgemm = FindSgemm();
+  if (sgemm == nullptr) return 1;
+  const float *qkv = static_cast<const float *>(params[0]);
+  const int64_t batch = shapes[0][0], n = shapes[0][1], stride = shapes[0][2], width = stride / 3;
+  const int64_t heads = static_cast<int64_t>(setting[0]), d = width / heads;
+  const float scale = setting[1];
+  mindppt::ParallelFor(batch * heads, 2 * n * n * d / 64, [=](unsigned, int64_t first, int64_t last) {
+    thread_local std::vector<float> probs;
+    probs.resize(n * n);
+    float *p = probs.data();
+    for (int64_t bh = first; bh < last; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      const float *q = qkv + b * n * stride + h * d;
+      sgemm('N', 'T', n, n, d, scale, q, stride, q + width, stride, 0.0f, p, n);
+      const float *bias = log_size != nullptr ? log_size + b * n : nullptr;
+      for (int64_t r = 0; r < n; ++r) mindppt::SoftmaxRow(p + r * n, bias, p + r * n, n);
+      sgemm('N', 'N', n, d, n, 1.0f, p, n, q + 2 * width, stride, 0.0f, y + b * n * width + h * d, width);
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+// qkv (B, N, 3C), setting (heads, scale) -> softmax(scale q k^T) v with the heads merged, (B, N, C)
+extern "C" int MindpptAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                void *stream, void *extra) {
+  return Attend(params, shapes, nullptr, static_cast<const float *>(params[1]), static_cast<float *>(params[2]));
+}
+
+// qkv (B, N, 3C), size (B, N), setting (heads, scale) -> softmax(scale q k^T + log size) v, (B, N, C)
+extern "C" int MindpptSizeAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *stream, void *extra) {
+  const float *log_size = mindppt::LogSizes(static_cast<const float *>(params[1]), shapes[1][0] * shapes[1][1]);
+  return Attend(params, shapes, log_size, static_cast<const float *>(params[2]), static_cast<float *>(params[3]));
+}

@@ -5,39 +5,7 @@
 
 namespace {
 
-using mindppt::Exp;
-
-inline void SoftmaxRow(const float *x, const float *bias, float *y, int64_t width) {
-  // y holds the biased logits first, then their exponentials, then the probabilities
-  float peak = -INFINITY;
-  if (bias != nullptr) {
-#pragma omp simd reduction(max : peak)
-    for (int64_t c = 0; c < width; ++c) {
-      const float a = x[c] + bias[c];
-      y[c] = a;
-      peak = a > peak ? a : peak;
-    }
-  } else {
-#pragma omp simd reduction(max : peak)
-    for (int64_t c = 0; c < width; ++c) {
-      y[c] = x[c];
-      peak = x[c] > peak ? x[c] : peak;
-    }
-  }
-  float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t c = 0; c < width; ++c) {
-    const float a = y[c] - peak;
-    // exp(-87) is below float's normal range: an exact 0 there, and Exp stays in range
-    const float e = Exp(a < -87.0f ? -87.0f : a);
-    const float kept = a < -87.0f ? 0.0f : e;
-    y[c] = kept;
-    total += kept;
-  }
-  const float inv = 1.0f / total;
-#pragma omp simd
-  for (int64_t c = 0; c < width; ++c) y[c] *= inv;
-}
+using mindppt::SoftmaxRow;
 
 // x (B, ..., M) rows of M; bias (B, M) or null
 int Forward(void **params, int *ndims, int64_t **shapes, const float *bias, float *y) {
@@ -66,10 +34,7 @@ extern "C" int MindpptSizeSoftmaxForward(int nparam, void **params, int *ndims, 
                                          const char **dtypes, void *stream, void *extra) {
   const float *size = static_cast<const float *>(params[1]);
   const int64_t count = mindppt::NumElements(ndims[1], shapes[1]);
-  thread_local std::vector<float> log_size;  // the calling thread's, read by the workers
-  log_size.resize(count);
-  for (int64_t i = 0; i < count; ++i) log_size[i] = std::log(size[i]);
-  return Forward(params, ndims, shapes, log_size.data(), static_cast<float *>(params[2]));
+  return Forward(params, ndims, shapes, mindppt::LogSizes(size, count), static_cast<float *>(params[2]));
 }
 
 // inputs y (the softmax), dy; output dx = y * (dy - sum(dy * y)) per row

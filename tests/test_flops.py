@@ -40,12 +40,14 @@ def _weight_fan_in(prim, args, out):
 
 # The fused CPU kernels (mindppt.models.fused_cpu) that multiply matrices, and their multiply-accumulates per
 # output element: the first input's last axis for linear layers (x (R, K)), q k^T (q (.., D)) and attention x
-# v (attn (.., M)); q k^T and attention x v together (2 N per element of (B, N, C)) for the whole attention.
+# v (attn (.., M)); q k^T and attention x v together (2 N per element of (B, N, C), its first output) for the
+# whole attention.
 _LAST_AXIS = lambda args: args[0].shape[-1]
 GEMM_KERNELS = {"MindpptLinear": _LAST_AXIS, "MindpptLinearResidual": _LAST_AXIS, "MindpptLinearGelu": _LAST_AXIS,
                 "MindpptAttentionScores": _LAST_AXIS, "MindpptAttentionValues": _LAST_AXIS,
-                "MindpptAttention": lambda args: 2 * args[0].shape[1],
-                "MindpptSizeAttention": lambda args: 2 * args[0].shape[1]}
+                **{name: lambda args: 2 * args[0].shape[1] for name in (
+                    "MindpptAttention", "MindpptSizeAttention", "MindpptAttentionInternals",
+                    "MindpptSizeAttentionInternals")}}
 
 
 def _custom_depth(prim, args, out):
@@ -103,8 +105,9 @@ class MacCounter:
                 counter.uncounted.append(type(prim).__name__)
             else:
                 per_output = depth(prim, args, out)
-                if per_output:  # (kernels that multiply no matrices may return tuples)
-                    counter.macs[counter.owner.get(id(prim), "unowned")] += math.prod(out.shape) * per_output
+                if per_output:  # per element of the (first) output: the products' result
+                    product = out[0] if isinstance(out, tuple) else out
+                    counter.macs[counter.owner.get(id(prim), "unowned")] += math.prod(product.shape) * per_output
             return out
 
         cls.__call__ = counting_call

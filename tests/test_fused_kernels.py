@@ -10,7 +10,7 @@ sum is taken; a few roundings per element otherwise). Copies (head split/merge, 
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn
+from mindspore import nn, ops
 from model_helpers import U32, SumOf, exact_gelu, gelu_tolerance, sharpen_attention
 from ppt_reference import pool, prune, significance_scores
 
@@ -285,12 +285,13 @@ def test_fused_attention_against_float64(library, with_sizes):
     within the bound of the logits' rounding carried through the softmax, plus the product's own bound.
     Enough images and heads that the work is split between the kernel threads."""
     rng = np.random.default_rng(3)
-    attend, attend_sizes = fused_cpu.fused_attention_ops(library)
     batch, tokens, heads, dim, scale = 3, 29, 6, 16, 0.3  # a scale that is not a power of two
+    attend, attend_sizes = fused_cpu.fused_attention_ops(heads, library=library)
     qkv = f32(rng.standard_normal((batch, tokens, 3 * heads * dim))).astype(np.float64)
     size = np.floor(rng.uniform(1, 12, (batch, tokens)))
     setting = ms.Tensor(f32([heads, scale]))
-    out = (attend_sizes(t(qkv), t(size), setting) if with_sizes else attend(t(qkv), setting)).asnumpy()
+    inputs = (t(qkv), t(size), setting) if with_sizes else (t(qkv), setting)
+    out = (attend_sizes if with_sizes else attend)(*inputs).asnumpy()
     q, k, v = qkv.reshape(batch, tokens, 3, heads, dim).transpose(2, 0, 3, 1, 4)
     logits = scale * q @ np.swapaxes(k, -1, -2) + (np.log(size)[:, None, None, :] if with_sizes else 0.0)
     e = np.exp(logits - logits.max(-1, keepdims=True))
@@ -304,6 +305,13 @@ def test_fused_attention_against_float64(library, with_sizes):
     bound = bound.transpose(0, 2, 1, 3).reshape(exact.shape)
     assert out.shape == exact.shape
     assert np.all(np.abs(out - exact) <= bound)
+    # a compression block's variant: the same output, the class token's probabilities, keys and values
+    attend, attend_sizes = fused_cpu.fused_attention_ops(heads, internals=True, library=library)
+    out_too, cls, keys, values = (o.asnumpy() for o in (attend_sizes if with_sizes else attend)(*inputs))
+    assert np.array_equal(out_too, out)
+    assert cls.shape == (batch, heads, 1, tokens)
+    assert np.all(np.abs(cls - probs[:, :, :1]) <= prob_error[:, :, :1])
+    assert np.array_equal(keys, f32(k)) and np.array_equal(values, f32(v))
 
 
 def test_gemm_cells_give_the_portable_outputs_and_gradients():
@@ -321,9 +329,9 @@ def test_gemm_cells_give_the_portable_outputs_and_gradients():
     fused = [Linear(64, 64), Linear(64, 64, gelu=GELU()), Attention(64, 4, prop_attn=True),
              Attention(64, 4, prop_attn=True, internals=False)]
     assert fused[0].fn_residual is not None and fused[1].fn_gelu is not None and fused[2].scores is not None
-    assert fused[2].fused is None and fused[3].fused is not None
+    assert fused[2].fused is not None and fused[3].fused is not None
     assert portable[0].fn is None and portable[2].scores is None and portable[3].fused is None
-    for a, b, kind in zip(fused, portable, ("residual", "gelu", "attention", "attention")):
+    for a, b, kind in zip(fused, portable, ("residual", "gelu", "internals", "attention")):
         for pa, pb in zip(a.trainable_params(), b.trainable_params()):
             pa.set_data(ms.Tensor(f32(rng.standard_normal(pa.shape) / 8)))
             pb.set_data(pa.data.copy())
@@ -341,7 +349,7 @@ def test_gemm_cells_give_the_portable_outputs_and_gradients():
 
 class _Apply(nn.Cell):
     """One cell called as a block calls it at inference: Linear with the skip connection, fc1 with its GELU,
-    Attention with the skip connection."""
+    Attention with the skip connection (its output, or with "internals" everything it returns, as flat rows)."""
 
     def __init__(self, cell, kind, residual, size):
         super().__init__()
@@ -355,4 +363,8 @@ class _Apply(nn.Cell):
             return self.cell(x, self.residual)
         if self.kind == "gelu":
             return self.cell(x)
+        if self.kind == "internals":  # the output, the class token's probabilities, keys and values
+            out, attn, k, v = self.cell(x, self.size, self.residual)
+            b = out.shape[0]
+            return ops.concat((out.reshape(b, -1), attn[:, :, 0].reshape(b, -1), k.reshape(b, -1), v.reshape(b, -1)), 1)
         return self.cell(x, self.size, self.residual)[0]

@@ -323,7 +323,8 @@ def embed_tokens_op(library=None):
 
 def compression_ops(num_out, library=None):
     """``(significance, plan, merge, merge_backward, sum_rows)`` of PPT's compression to ``num_out``
-    tokens, or None. significance(attn (B, H, N, N), v (B, H, N, D), num_protected (1,)) -> (scores (B, N),
+    tokens, or None. significance(attn (B, H, N, N) or its class-token row (B, H, 1, N), v (B, H, N, D),
+    num_protected (1,)) -> (scores (B, N),
     variance (B,)); plan(scores (B, N), variance (B,), threshold () (pool where variance < threshold),
     keys (B, H, N, D), num_protected (1,)) -> (kept (B, M) int32, dest (B, N) int32); merge(x (B, N, C),
     size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
@@ -332,7 +333,7 @@ def compression_ops(num_out, library=None):
     if library is None:
         return None
     m = int(num_out)
-    significance = _custom(library, "MindpptSignificance", lambda attn, *_: ((attn[0], attn[2]), (attn[0],)),
+    significance = _custom(library, "MindpptSignificance", lambda attn, *_: ((attn[0], attn[3]), (attn[0],)),
                            lambda attn, *_: (attn, attn))
     plan = _custom(library, "MindpptCompressionPlan", lambda scores, *_: ((scores[0], m), tuple(scores)),
                    lambda *_: (ms.int32, ms.int32))
@@ -381,16 +382,25 @@ def attention_ops(library=None):
             _custom(library, "MindpptAttentionValues", lambda a, v: (a[0], a[2], a[1] * v[3]), _first))
 
 
-def fused_attention_ops(library=None):
+def fused_attention_ops(num_heads, internals=False, library=None):
     """``(attend, attend_sizes)``, or None: attend(qkv (B, N, 3C), setting (heads, scale)) -> softmax(scale
     q k^T) v (B, N, C) with the heads merged, from the qkv projection read in place; attend_sizes(qkv,
-    size (B, N), setting) adds ``log(size)`` to the logits. Forward only (:mod:`.vit` gives the gradient)."""
+    size (B, N), setting) adds ``log(size)`` to the logits. With ``internals`` both also return what a
+    compression block reads: the class token's probabilities (B, H, 1, N), the keys and the values
+    (B, H, N, D). Forward only (:mod:`.vit` gives the gradient)."""
     library = library or library_path()
     if library is None or not _onednn_loaded():
         return None
-    merged = lambda qkv, *_: (qkv[0], qkv[1], qkv[2] // 3)
-    return (_custom(library, "MindpptAttention", merged, _first),
-            _custom(library, "MindpptSizeAttention", merged, _first))
+    h = int(num_heads)
+
+    def shapes(qkv, *_):
+        b, n, c = qkv[0], qkv[1], qkv[2] // 3
+        return ((b, n, c), (b, h, 1, n), (b, h, n, c // h), (b, h, n, c // h)) if internals else (b, n, c)
+
+    dtypes = (lambda qkv, *_: (qkv,) * 4) if internals else _first
+    suffix = "Internals" if internals else ""
+    return (_custom(library, "MindpptAttention" + suffix, shapes, dtypes),
+            _custom(library, "MindpptSizeAttention" + suffix, shapes, dtypes))
 
 
 def _first(x, *_):

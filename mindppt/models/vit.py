@@ -421,13 +421,15 @@ class _AttentionValues(nn.Cell):
 
 class _FusedAttention(nn.Cell):
     """Attention at inference in one kernel from the qkv projection (B, N, 3C) to the merged heads (B, N, C)
-    (:func:`.fused_cpu.fused_attention_ops`). Its gradient recomputes the attention with the split, scores,
+    (:func:`.fused_cpu.fused_attention_ops`); with ``internals`` also the class token's probabilities
+    (B, H, 1, N), keys and values (B, H, N, D). Its gradient recomputes the attention with the split, scores,
     softmax and values cells and runs their backward passes (a model differentiated at inference)."""
 
-    def __init__(self, kernels, num_heads, scale, prop_attn, split_qkv, scores, softmax, values):
+    def __init__(self, kernels, num_heads, scale, prop_attn, internals, split_qkv, scores, softmax, values):
         super().__init__()
         self.kernel, self.size_kernel = kernels
         self.prop_attn = prop_attn
+        self.internals = internals
         self.setting = Tensor(np.array([num_heads, scale], np.float32))
         self.split_qkv, self.scores, self.softmax, self.values = split_qkv, scores, softmax, values
 
@@ -440,9 +442,13 @@ class _FusedAttention(nn.Cell):
         q, k, v = self.split_qkv(qkv)
         logits = self.scores(q, k)
         attn = self.softmax(logits, size)
-        dattn, dv = self.values.bprop(attn, v, out, dout)
+        dattn, dv = self.values.bprop(attn, v, out, dout[0] if self.internals else dout)
+        if self.internals:  # the class token's probabilities, the keys and the values are outputs too
+            dattn = ops.concat((dattn[:, :, :1] + dout[1], dattn[:, :, 1:]), axis=2)
         dlogits, _ = self.softmax.bprop(logits, size, attn, dattn)
         dq, dk = self.scores.bprop(q, k, logits, dlogits)
+        if self.internals:
+            dk, dv = dk + dout[2], dv + dout[3]
         return self.split_qkv.bprop(qkv, (q, k, v), (dq, dk, dv))[0], ops.zeros_like(size)
 
 
@@ -450,8 +456,9 @@ class Attention(nn.Cell):
     """Multi-head self-attention; with ``prop_attn`` the logits get ``log(size_j)`` (ToMe/PPT).
 
     Returns the output, the softmaxed attention and the per-head keys and values, which the
-    compression cell needs. With ``internals=False`` (a block without compression) the last three are
-    None at inference, where the attention may then run as one fused CPU kernel."""
+    compression cell needs (at inference on the fused CPU path, where the attention runs as one kernel,
+    only the class token's row of the attention, (B, H, 1, N)). With ``internals=False`` (a block
+    without compression) the last three are None at inference."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, prop_attn=False,
                  internals=True):
@@ -475,11 +482,12 @@ class Attention(nn.Cell):
         gemm = fused_cpu.attention_ops() if split is not None else None
         self.scores = _AttentionScores(gemm[0]) if gemm is not None else None
         self.values = _AttentionValues(gemm[1], swap) if gemm is not None else None
-        whole = fused_cpu.fused_attention_ops() if gemm is not None and not internals else None
+        self.internals = internals
+        whole = fused_cpu.fused_attention_ops(num_heads, internals) if gemm is not None else None
         self.fused = None
         if whole is not None and self.softmax.fused is not None:
-            self.fused = _FusedAttention(whole, num_heads, self.scale, self.prop_attn, self.split_qkv, self.scores,
-                                         self.softmax.fused, self.values)
+            self.fused = _FusedAttention(whole, num_heads, self.scale, self.prop_attn, internals, self.split_qkv,
+                                         self.scores, self.softmax.fused, self.values)
 
     def construct(self, x, size, residual=None):
         """``residual``: added to the output (inference, where dropout is the identity)."""
@@ -487,10 +495,14 @@ class Attention(nn.Cell):
         qkv = self.qkv(x)
         if (self.fused is not None and not self.training and qkv.dtype == ms.float32
                 and self.softmax.float32_kernels):
-            out = self.fused(qkv, size)
+            attn = k = v = None
+            if self.internals:
+                out, attn, k, v = self.fused(qkv, size)
+            else:
+                out = self.fused(qkv, size)
             if residual is None:
-                return self.proj_drop(self.proj(out)), None, None, None
-            return self.proj(out, residual), None, None, None
+                return self.proj_drop(self.proj(out)), attn, k, v
+            return self.proj(out, residual), attn, k, v
         fused = self.split_qkv is not None and qkv.dtype == ms.float32
         if fused:
             q, k, v = self.split_qkv(qkv)

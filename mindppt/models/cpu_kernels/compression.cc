@@ -134,7 +134,8 @@ void PlanPool(const Matching &m, int64_t image, const Plan &p) {
 
 }  // namespace
 
-// inputs attn (B, H, N, N) softmaxed (only the class token's row is read), v (B, H, N, D), settings (1) =
+// inputs attn (B, H, R, N) softmaxed: all rows (R = N) or the class token's (R = 1), only that one read;
+// v (B, H, N, D), settings (1) =
 // number of protected tokens p; outputs scores (B, N) and variance (B): ATS significance
 // (sum over heads of attn[h, 0, j]) * ||v_j|| normalised over the unprotected tokens, the protected ones
 // scored 2 + (p - 1 - i) in front, and the unbiased variance of the normalised scores (double sums).
@@ -146,6 +147,7 @@ extern "C" int MindpptSignificance(int nparam, void **params, int *ndims, int64_
   float *scores = static_cast<float *>(params[3]);
   float *variance = static_cast<float *>(params[4]);
   const int64_t batch = shapes[1][0], heads = shapes[1][1], tokens = shapes[1][2], dim = shapes[1][3];
+  const int64_t rows = shapes[0][2];
   mindppt::ParallelFor(batch, heads * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
     std::vector<double> raw(tokens);
     for (int64_t b = begin; b < end; ++b) {
@@ -153,7 +155,7 @@ extern "C" int MindpptSignificance(int nparam, void **params, int *ndims, int64_
       for (int64_t j = protect; j < tokens; ++j) {
         double cls_attn = 0.0, squares = 0.0;
         for (int64_t h = 0; h < heads; ++h) {
-          cls_attn += attn[((b * heads + h) * tokens) * tokens + j];  // row 0 of head h
+          cls_attn += attn[((b * heads + h) * rows) * tokens + j];  // row 0 of head h
           const float *vj = v + ((b * heads + h) * tokens + j) * dim;
           double sq = 0.0;
 #pragma omp simd reduction(+ : sq)

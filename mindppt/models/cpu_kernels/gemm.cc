@@ -115,11 +115,17 @@ extern "C" int MindpptAttentionValues(int nparam, void **params, int *ndims, int
 
 namespace {
 
+// Where the fused attention writes: the merged heads y (B, N, C), and for a compression block also the
+// class token's probabilities (B, H, 1, N) and the keys and values split by head (B, H, N, D).
+struct AttentionOutputs {
+  float *y, *cls, *k, *v;
+};
+
 // Attention at inference from the qkv projection (B, N, 3C), read in place as q | k | v with H heads of
 // D = C / H columns each: per (image, head), scale q k^T (+ log size) goes through the softmax in a
-// thread's N x N buffer and is multiplied by v into the head's columns of y (B, N, C). No head split,
-// no scores tensor: the probabilities stay in cache between the three steps.
-int Attend(void **params, int64_t **shapes, const float *log_size, const float *setting, float *y) {
+// thread's N x N buffer and is multiplied by v into the head's columns of y. No head split, no scores
+// tensor: the probabilities stay in cache between the three steps.
+int Attend(void **params, int64_t **shapes, const float *log_size, const float *setting, AttentionOutputs to) {
   const Sgemm sgemm = FindSgemm();
   if (sgemm == nullptr) return 1;
   const float *qkv = static_cast<const float *>(params[0]);
@@ -132,14 +138,31 @@ int Attend(void **params, int64_t **shapes, const float *log_size, const float *
     float *p = probs.data();
     for (int64_t bh = first; bh < last; ++bh) {
       const int64_t b = bh / heads, h = bh % heads;
-      const float *q = qkv + b * n * stride + h * d;
-      sgemm('N', 'T', n, n, d, scale, q, stride, q + width, stride, 0.0f, p, n);
+      const float *q = qkv + b * n * stride + h * d, *k = q + width, *v = q + 2 * width;
+      sgemm('N', 'T', n, n, d, scale, q, stride, k, stride, 0.0f, p, n);
       const float *bias = log_size != nullptr ? log_size + b * n : nullptr;
       for (int64_t r = 0; r < n; ++r) mindppt::SoftmaxRow(p + r * n, bias, p + r * n, n);
-      sgemm('N', 'N', n, d, n, 1.0f, p, n, q + 2 * width, stride, 0.0f, y + b * n * width + h * d, width);
+      sgemm('N', 'N', n, d, n, 1.0f, p, n, v, stride, 0.0f, to.y + b * n * width + h * d, width);
+      if (to.cls == nullptr) continue;
+      std::memcpy(to.cls + bh * n, p, n * sizeof(float));
+      for (int64_t r = 0; r < n; ++r) {
+        std::memcpy(to.k + (bh * n + r) * d, k + r * stride, d * sizeof(float));
+        std::memcpy(to.v + (bh * n + r) * d, v + r * stride, d * sizeof(float));
+      }
     }
   });
   return 0;
+}
+
+const float *LogSizesOf(void **params, int64_t **shapes) {
+  return mindppt::LogSizes(static_cast<const float *>(params[1]), shapes[1][0] * shapes[1][1]);
+}
+
+AttentionOutputs Outputs(void **params, int first, bool internals) {
+  float *y = static_cast<float *>(params[first]);
+  if (!internals) return {y, nullptr, nullptr, nullptr};
+  return {y, static_cast<float *>(params[first + 1]), static_cast<float *>(params[first + 2]),
+          static_cast<float *>(params[first + 3])};
 }
 
 }  // namespace
@@ -147,12 +170,25 @@ int Attend(void **params, int64_t **shapes, const float *log_size, const float *
 // qkv (B, N, 3C), setting (heads, scale) -> softmax(scale q k^T) v with the heads merged, (B, N, C)
 extern "C" int MindpptAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                 void *stream, void *extra) {
-  return Attend(params, shapes, nullptr, static_cast<const float *>(params[1]), static_cast<float *>(params[2]));
+  return Attend(params, shapes, nullptr, static_cast<const float *>(params[1]), Outputs(params, 2, false));
 }
 
 // qkv (B, N, 3C), size (B, N), setting (heads, scale) -> softmax(scale q k^T + log size) v, (B, N, C)
 extern "C" int MindpptSizeAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                     void *stream, void *extra) {
-  const float *log_size = mindppt::LogSizes(static_cast<const float *>(params[1]), shapes[1][0] * shapes[1][1]);
-  return Attend(params, shapes, log_size, static_cast<const float *>(params[2]), static_cast<float *>(params[3]));
+  return Attend(params, shapes, LogSizesOf(params, shapes), static_cast<const float *>(params[2]),
+                Outputs(params, 3, false));
+}
+
+// as MindpptAttention, and also the class token's probabilities (B, H, 1, N), keys and values (B, H, N, D)
+extern "C" int MindpptAttentionInternals(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *stream, void *extra) {
+  return Attend(params, shapes, nullptr, static_cast<const float *>(params[1]), Outputs(params, 2, true));
+}
+
+// as MindpptSizeAttention, with the outputs of MindpptAttentionInternals
+extern "C" int MindpptSizeAttentionInternals(int nparam, void **params, int *ndims, int64_t **shapes,
+                                             const char **dtypes, void *stream, void *extra) {
+  return Attend(params, shapes, LogSizesOf(params, shapes), static_cast<const float *>(params[2]),
+                Outputs(params, 3, true));
 }

@@ -10,9 +10,10 @@ each MindSpore CPU Transpose call site also kept a buffer of twice its tensor al
 compression plan and size-weighted merge as index maps (``compression.cc``: the portable path's
 assignment matrices made a compression block cost more memory than a dense block), and the linear layers
 and attention products on oneDNN's sgemm (``gemm.cc``, with the bias, a skip connection or the GELU in
-the same pass, and the heads written merged; the oneDNN library is the one MindSpore ships). They are compiled
-together, with the system's C++ compiler, into one library in a per-user cache the first time a model
-is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a
+the same pass, and the heads written merged; at inference the whole attention, scores, softmax and values
+per (image, head) from the qkv projection read in place; the oneDNN library is the one MindSpore ships).
+They are compiled together, with the system's C++ compiler, into one library in a per-user cache the
+first time a model is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a
 per-user temporary directory when that is not writable). Anything that stops it (another backend, no
 compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable
 MindSpore-op formulation in place (the graph Ascend and GPU run); a failed build is reported once as a

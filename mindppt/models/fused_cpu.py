@@ -13,14 +13,14 @@ and attention products on oneDNN's sgemm (``gemm.cc``, with the bias, a skip con
 the same pass, and the heads written merged; at inference the whole attention, scores, softmax and values
 per (image, head) from the qkv projection read in place; the oneDNN library is the one MindSpore ships).
 They are compiled together, with the system's C++ compiler, into one library in a per-user cache the
-first time a model is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default ``~/.cache/mindppt/kernels``, or a
-per-user temporary directory when that is not writable). Anything that stops it (another backend, no
-compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``, :func:`set_enabled`) leaves the portable
-MindSpore-op formulation in place (the graph Ascend and GPU run); a failed build is reported once as a
-warning. The kernels split large jobs over ``MINDPPT_KERNEL_THREADS`` threads (default: every core), the
-calling one and a pool of workers started once per process; between jobs a worker spins for up to
-``MINDPPT_KERNEL_SPIN_US`` microseconds (default 200) before it sleeps, because waking a sleeping thread
-cost more than a small kernel's work.
+first time a model is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default
+``~/.cache/mindppt/kernels``, or a per-user temporary directory when that is not writable). Anything that
+stops it (another backend, no compiler, a failed build, ``MINDPPT_FUSED_CPU_KERNELS=0``,
+:func:`set_enabled`) leaves the portable MindSpore-op formulation in place (the graph Ascend and GPU
+run); a failed build is reported once as a warning. The kernels split large jobs over
+``MINDPPT_KERNEL_THREADS`` threads (default: every core), the calling one and a pool of workers started
+once per process; between jobs a worker spins for up to ``MINDPPT_KERNEL_SPIN_US`` microseconds (default
+200) before it sleeps, because waking a sleeping thread cost more than a small kernel's work.
 
 A cache may be shared between machines (an NFS home, a container image built elsewhere), so a library
 is never built for "this CPU" (``-march=native``) but for an explicit instruction-set level: on x86-64
@@ -325,10 +325,9 @@ def embed_tokens_op(library=None):
 def compression_ops(num_out, library=None):
     """``(significance, plan, merge, merge_backward, sum_rows)`` of PPT's compression to ``num_out``
     tokens, or None. significance(attn (B, H, N, N) or its class-token row (B, H, 1, N), v (B, H, N, D),
-    num_protected (1,)) -> (scores (B, N),
-    variance (B,)); plan(scores (B, N), variance (B,), threshold () (pool where variance < threshold),
-    keys (B, H, N, D), num_protected (1,)) -> (kept (B, M) int32, dest (B, N) int32); merge(x (B, N, C),
-    size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
+    num_protected (1,)) -> (scores (B, N), variance (B,)); plan(scores (B, N), variance (B,), threshold ()
+    (pool where variance < threshold), keys (B, H, N, D), num_protected (1,)) -> (kept (B, M) int32, dest
+    (B, N) int32); merge(x (B, N, C), size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
     merge_backward(dnew_x, size, new_size, dest) -> dx; sum_rows(rows (B, N, K), dest) -> (B, M, K)."""
     library = library or library_path()
     if library is None:

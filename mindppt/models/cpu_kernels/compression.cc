@@ -135,8 +135,8 @@ void PlanPool(const Matching &m, int64_t image, const Plan &p) {
 }  // namespace
 
 // inputs attn (B, H, R, N) softmaxed: all rows (R = N) or the class token's (R = 1), only that one read;
-// v (B, H, N, D), settings (1) =
-// number of protected tokens p; outputs scores (B, N) and variance (B): ATS significance
+// v (B, H, N, D), settings (1) = number of protected tokens p; outputs scores (B, N) and variance (B): ATS
+// significance
 // (sum over heads of attn[h, 0, j]) * ||v_j|| normalised over the unprotected tokens, the protected ones
 // scored 2 + (p - 1 - i) in front, and the unbiased variance of the normalised scores (double sums).
 extern "C" int MindpptSignificance(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,

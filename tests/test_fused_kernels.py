@@ -255,18 +255,20 @@ def test_gemm_kernels_against_float64(library):
     rng = np.random.default_rng(1)  # its own stream: the other tests' inputs stay as they were
     linear, linear_residual, linear_gelu = fused_cpu.linear_ops(library)
     scores, values = fused_cpu.attention_ops(library)
-    x = f32(rng.standard_normal((203, 96))).astype(np.float64)  # rows and columns not multiples of a block
     w = f32(rng.standard_normal((131, 96)) / 10).astype(np.float64)
     b = f32(rng.standard_normal(131)).astype(np.float64)
-    res = f32(rng.standard_normal((203, 131))).astype(np.float64)
-    pre = x @ w.T + b
-    bound = _product_bound(x, w) + 2 * U32 * (np.abs(pre) + np.abs(b))
-    assert np.all(np.abs(linear(t(x), t(w), t(b)).asnumpy() - pre) <= bound)
-    assert np.all(np.abs(linear_residual(t(x), t(w), t(b), t(res)).asnumpy() - (pre + res))
-                  <= bound + 2 * U32 * (np.abs(res) + np.abs(pre + res)))
-    gelu = linear_gelu(t(x), t(w), t(b)).asnumpy().astype(np.float64)
-    # the pre-activation's rounding carried through |gelu'| <= 1.13, then the GELU's own bound
-    assert np.all(np.abs(gelu - exact_gelu(pre)) <= 1.13 * bound + gelu_tolerance(pre))
+    # 203 rows: the threads split the columns; 517: they split the rows. Neither is a multiple of a block.
+    for rows in (203, 517):
+        x = f32(rng.standard_normal((rows, 96))).astype(np.float64)
+        res = f32(rng.standard_normal((rows, 131))).astype(np.float64)
+        pre = x @ w.T + b
+        bound = _product_bound(x, w) + 2 * U32 * (np.abs(pre) + np.abs(b))
+        assert np.all(np.abs(linear(t(x), t(w), t(b)).asnumpy() - pre) <= bound)
+        assert np.all(np.abs(linear_residual(t(x), t(w), t(b), t(res)).asnumpy() - (pre + res))
+                      <= bound + 2 * U32 * (np.abs(res) + np.abs(pre + res)))
+        gelu = linear_gelu(t(x), t(w), t(b)).asnumpy().astype(np.float64)
+        # the pre-activation's rounding carried through |gelu'| <= 1.13, then the GELU's own bound
+        assert np.all(np.abs(gelu - exact_gelu(pre)) <= 1.13 * bound + gelu_tolerance(pre))
     q = f32(rng.standard_normal((2, 3, 29, 16))).astype(np.float64)
     k = f32(rng.standard_normal((2, 3, 23, 16))).astype(np.float64)
     assert np.all(np.abs(scores(t(q), t(k)).asnumpy() - q @ np.swapaxes(k, -1, -2)) <= _product_bound(q, k))

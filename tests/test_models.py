@@ -211,6 +211,27 @@ def test_threshold_change_reaches_a_compiled_graph():
     assert all(not p.requires_grad for n, p in model.parameters_and_names() if n.endswith("ppt_threshold"))
 
 
+def test_a_repeated_call_leaves_the_sub_cells_alone_until_the_graph_changes():
+    """MindSpore assigns a graph's phase to every sub-cell on every call; the models skip that walk while
+    the phase is the one they hold (PhaseOnceCell), and a new graph (another input shape) still reaches
+    every sub-cell."""
+    model = create_model("ppt_deit_tiny_patch16_224", num_classes=3, img_size=32, depth=2, r_tokens=1,
+                         pp_loc_list=(0,))
+    model.set_train(False)
+    images = random_images(2, size=32)
+    model(ms.Tensor(images))
+    phase = model.compile_phase
+    cells = [cell for _, cell in model.cells_and_names()][1:]
+    assert phase and all(cell.compile_phase == phase for cell in cells)
+    block = model.blocks[1]
+    nn.Cell.compile_phase.fset(block, "stale")  # MindSpore's own setter: the block and the cells below it
+    model(ms.Tensor(images))
+    assert model.compile_phase == phase and block.compile_phase == "stale"
+    model(ms.Tensor(images[:1]))
+    assert model.compile_phase != phase
+    assert all(cell.compile_phase == model.compile_phase for cell in cells)
+
+
 def test_gelu_matches_exact_erf_gelu_and_its_gradient():
     from mindppt.models.vit import GELU
 

@@ -13,6 +13,7 @@ from mindspore.common.initializer import One, TruncatedNormal, Zero, initializer
 from mindspore.common.seed import _get_graph_seed  # nn.Dropout's seeding (MindSpore is pinned)
 
 from . import fused_cpu
+from .phase_once import PhaseOnceCell
 from .ppt import TokenCompression, effective_r
 
 
@@ -650,7 +651,7 @@ def token_schedule(num_tokens, r_per_block, num_protected=1):
     return schedule
 
 
-class VisionTransformer(nn.Cell):
+class VisionTransformer(PhaseOnceCell):
     """timm-compatible DeiT/ViT (class token, learned position embedding) with PPT compression in
     the blocks of ``pp_loc_list``. ``r_tokens=0`` gives the dense model. ``threshold``: one number for
     every compression block, or one value per compression block.
@@ -778,7 +779,7 @@ class VisionTransformer(nn.Cell):
         return self.forward_head(x)
 
 
-class CompressionInspector(nn.Cell):
+class CompressionInspector(PhaseOnceCell):
     """Wraps a model so one (graph-mode) call returns the logits and, per compression block,
     ``(variance, pooled, size, kept, source)``."""
 

@@ -28,25 +28,29 @@ constexpr int64_t kColumnBlock = 64;
 // (batch 1) the per-thread products got too small and the split by columns was faster.
 constexpr int64_t kRowSplitRows = 256;
 
-// The rows [r0, r1) and columns [c0, c1) of y = init + x w^T, init the bias row, or residual + bias when
-// residual is given; then epilogue(row segment, length) while the segment is still in cache.
+// The rows [r0, r1) and columns [c0, c1) of y = x w^T + bias (+ residual), then epilogue(row segment,
+// length). The sgemm overwrites y (beta 0) and the bias and skip connection are added row by row after
+// it, while the rows are in cache: filling y with them first cost a pass over y and the sgemm reading it
+// back (1.5-3% of a forward).
 template <typename Epilogue>
 void LinearTile(const float *x, const float *w, const float *bias, const float *residual, float *y, int64_t depth,
                 int64_t width, int64_t r0, int64_t r1, int64_t c0, int64_t c1, Sgemm sgemm, Epilogue epilogue) {
   const int64_t span = c1 - c0;
+  sgemm('N', 'T', r1 - r0, span, depth, 1.0f, x + r0 * depth, depth, w + c0 * depth, depth, 0.0f,
+        y + r0 * width + c0, width);
+  const float *b = bias + c0;
   for (int64_t r = r0; r < r1; ++r) {
     float *out = y + r * width + c0;
     if (residual == nullptr) {
-      std::memcpy(out, bias + c0, span * sizeof(float));
+#pragma omp simd
+      for (int64_t c = 0; c < span; ++c) out[c] += b[c];
     } else {
       const float *res = residual + r * width + c0;
 #pragma omp simd
-      for (int64_t c = 0; c < span; ++c) out[c] = res[c] + bias[c0 + c];
+      for (int64_t c = 0; c < span; ++c) out[c] += res[c] + b[c];
     }
+    epilogue(out, span);
   }
-  sgemm('N', 'T', r1 - r0, span, depth, 1.0f, x + r0 * depth, depth, w + c0 * depth, depth, 1.0f,
-        y + r0 * width + c0, width);
-  for (int64_t r = r0; r < r1; ++r) epilogue(y + r * width + c0, span);
 }
 
 // x (R, K), w (N, K), y (R, N): each thread computes a block of rows (kRowSplitRows rows or more) or else

@@ -213,8 +213,8 @@ def test_threshold_change_reaches_a_compiled_graph():
 
 def test_a_repeated_call_leaves_the_sub_cells_alone_until_the_graph_changes():
     """MindSpore assigns a graph's phase to every sub-cell on every call; the models skip that walk while
-    the phase is the one they hold (PhaseOnceCell), and a new graph (another input shape) still reaches
-    every sub-cell."""
+    the phase is the one they hold (PhaseOnceCell), and a new graph (another input shape, a network around
+    the model) still reaches every sub-cell."""
     model = create_model("ppt_deit_tiny_patch16_224", num_classes=3, img_size=32, depth=2, r_tokens=1,
                          pp_loc_list=(0,))
     model.set_train(False)
@@ -230,6 +230,12 @@ def test_a_repeated_call_leaves_the_sub_cells_alone_until_the_graph_changes():
     model(ms.Tensor(images[:1]))
     assert model.compile_phase != phase
     assert all(cell.compile_phase == model.compile_phase for cell in cells)
+    inspect_compression(model, images[:1])  # a network around the model: its graph's phase reaches them all
+    inspector_phase = model.compile_phase
+    model(ms.Tensor(images[:1]))
+    inspect_compression(model, images[:1])  # again, after the model's own graph ran in between
+    assert model.compile_phase == inspector_phase
+    assert all(cell.compile_phase == inspector_phase for cell in cells)
 
 
 def test_gelu_matches_exact_erf_gelu_and_its_gradient():

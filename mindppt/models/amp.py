@@ -41,7 +41,6 @@ CPU; bf16: see tests/test_amp.py).
 import mindspore as ms
 from mindspore import nn, ops
 
-from .phase_once import PhaseOnceCell
 from .ppt import TokenCompression
 from .vit import Attention, Block, LayerNorm, Softmax
 
@@ -107,7 +106,7 @@ def precision_map(model):
     return out
 
 
-class _Float32Output(PhaseOnceCell):
+class _Float32Output(nn.Cell):
     """Runs ``cell`` and casts its (Tensor) output to float32; parameter names are unchanged."""
 
     def __init__(self, cell):

@@ -5,6 +5,8 @@ that assigns the graph's phase to ``compile_phase`` on every sub-cell, recursive
 cells, and the walk took about 2 ms of each call (6% of a batch-1 forward). MindSpore reads the phase from
 the cell it compiles, and the phase changes only with the graph (other input shapes, train or eval, another
 network around the model), so a cell that already holds the new value leaves the cells below it as they are.
+Only model classes derive from it: a wrapper that skipped its walk could leave the model below it holding
+the phase of another graph that was compiled for the model in between.
 """
 from mindspore import nn
 

@@ -779,7 +779,7 @@ class VisionTransformer(PhaseOnceCell):
         return self.forward_head(x)
 
 
-class CompressionInspector(PhaseOnceCell):
+class CompressionInspector(nn.Cell):
     """Wraps a model so one (graph-mode) call returns the logits and, per compression block,
     ``(variance, pooled, size, kept, source)``."""
 

@@ -40,7 +40,7 @@ benchmark: $(STAMP)
 ANALYZE := configs/analyze_digits.yaml
 ANALYZE_CKPT := outputs/analyze/dense/last.ckpt
 analyze: $(STAMP)
-	$(RUN) $(VPY) -c "from mindppt.data import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
+	$(RUN) $(VPY) -c "from mindppt.data.digits import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
 	test -f $(ANALYZE_CKPT) || $(RUN) $(VPY) tools/train.py -c $(ANALYZE) --r_tokens 0
 	$(RUN) $(VPY) tools/analyze.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --target_pool_ratio 0.5 \
 		--out outputs/analyze/variance
@@ -52,7 +52,7 @@ analyze: $(STAMP)
 # its GMACs, 24 settings searched on 200 of the 450 validation digits, the other 250 held out for the table.
 .PHONY: tune
 tune: $(STAMP)
-	$(RUN) $(VPY) -c "from mindppt.data import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
+	$(RUN) $(VPY) -c "from mindppt.data.digits import write_digits_imagefolder as w; print(w('outputs/demo/digits'))"
 	test -f $(ANALYZE_CKPT) || $(RUN) $(VPY) tools/train.py -c $(ANALYZE) --r_tokens 0
 	$(RUN) $(VPY) tools/tune.py -c $(ANALYZE) --ckpt_path $(ANALYZE_CKPT) --target_ratio 0.5 --budget 24 \
 		--calib_images 200 --out outputs/tune

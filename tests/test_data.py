@@ -17,9 +17,9 @@ from mindppt.data import (
     parse_rand_augment,
     scan_image_folder,
     smooth_one_hot,
-    write_digits_imagefolder,
 )
 from mindppt.data.dataset import _ImageSource
+from mindppt.data.digits import write_digits_imagefolder
 from mindppt.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mindppt.errors import DatasetError, DatasetWarning
 

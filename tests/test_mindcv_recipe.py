@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tool_helpers import EVAL, TRAIN, assert_error, run_tool
 
-from mindppt.data import write_digits_imagefolder
+from mindppt.data.digits import write_digits_imagefolder
 
 
 @pytest.fixture(scope="module")

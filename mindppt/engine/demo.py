@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 
-from mindppt.data import write_digits_imagefolder
+from mindppt.data.digits import write_digits_imagefolder
 from mindppt.io import atomic_write
 from mindppt.models import inspect_compression
 

@@ -6,6 +6,7 @@ tables; then one quick run of the tool itself. Values, not speed."""
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -168,6 +169,62 @@ def test_isolated_runs_report_each_models_own_peak_memory():
     dense, ppt = rows
     assert table[0]["dense peak (MB)"] == f"{dense['process_peak_mb']:.0f}"
     assert table[0]["PPT / dense memory"] == f"{ppt['process_peak_mb'] / dense['process_peak_mb']:.3f}"
+
+
+# A stand-in for the official repository and timm 0.4.12 (neither is installed here): the tool imports
+# them from the checkout it is given, and the stand-ins record what it asked for and whether MindSpore
+# was loaded in that process.
+_FAKE_TIMM = """
+import sys, torch
+__version__ = "0.4.12-fake"
+class _Model(torch.nn.Module):
+    default_cfg = {"input_size": (3, 32, 32)}
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = kwargs
+        self.head = torch.nn.Linear(3 * 32 * 32, 1000)
+    def forward(self, x):
+        return self.head(x.flatten(1))
+def create_model(name, pretrained=False, **kwargs):
+    assert "mindspore" not in sys.modules, "the official timing imported MindSpore"
+    model = _Model(**kwargs)
+    model.name = name
+    return model
+"""
+_FAKE_LOSS = """
+import torch
+class SoftTargetCrossEntropy(torch.nn.Module):
+    def forward(self, x, target):
+        return torch.sum(-target * torch.nn.functional.log_softmax(x, dim=-1), dim=-1).mean()
+"""
+_FAKE_PPT = """
+import json, os
+def apply_patch(model, prop_attn, pp_loc_list, threshold):
+    with open(os.path.join(os.path.dirname(__file__), "patched.json"), "w") as f:
+        json.dump({"model": model.name, "prop_attn": prop_attn, "pp_loc_list": pp_loc_list,
+                   "threshold": threshold}, f)
+"""
+
+
+def test_official_timing_runs_the_checkout_it_is_given_without_mindspore(tmp_path):
+    """measure_official -> tools/official_ppt_timing.py, under a Python that has torch: the checkout's
+    apply_patch gets the PPT model's own setting, and the row comes back with the official code's speed,
+    memory and versions."""
+    repo = tmp_path / "PPT"
+    (repo / "timm").mkdir(parents=True)
+    (repo / "timm" / "__init__.py").write_text(_FAKE_TIMM)
+    (repo / "timm" / "loss.py").write_text(_FAKE_LOSS)
+    (repo / "ppt_deit.py").write_text(_FAKE_PPT)
+    settings = {"warmup": 1, "iters": 2, "image_size": None, "num_classes": 1000}
+    for train in (False, True):
+        row = benchmark.measure_official("ppt_deit_tiny_patch16_224", 2, train, settings, str(repo), sys.executable)
+        assert row["framework"] == "official" and row["mode"] == ("train" if train else "infer")
+        assert row["img_per_s"] > 0 and row["process_peak_mb"] > 0
+        assert row["versions"].endswith("timm 0.4.12-fake")
+    patched = json.loads((repo / "ppt_deit.py").with_name("patched.json").read_text())
+    threshold = patched.pop("threshold")
+    assert patched == {"model": "deit_tiny_patch16_224", "prop_attn": True, "pp_loc_list": [3, 6, 9]}
+    assert threshold == pytest.approx(7e-5, rel=1e-6)  # the model's float32 threshold
 
 
 def test_official_table_pairs_rows_of_the_same_model_batch_and_mode():

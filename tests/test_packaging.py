@@ -16,7 +16,7 @@ LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 CONTRACTS = {
     "layers": "Layers: tools -> engine -> models | data -> config, formats, ... -> io -> errors",
     "models": "Models read no configuration and know no training",
-    "mindspore": "Errors and the torch, safetensors and npz readers do not import MindSpore",
+    "mindspore": "Errors, the file readers and the peak-memory reader do not import MindSpore",
 }
 
 

@@ -1,5 +1,6 @@
 """Every tool's --help through its real entry point: exit 0, its own usage line, and the configuration options
-it reads and no other (tools/official_ppt_timing.py runs under a torch venv and imports no mindppt)."""
+it reads and no other (tools/official_ppt_timing.py runs under a torch venv and reads no configuration;
+tests/test_benchmark.py runs it)."""
 import os
 import re
 import subprocess

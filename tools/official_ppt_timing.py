@@ -3,7 +3,10 @@
 Runs under a separate Python with torch, torchvision and timm==0.4.12 (never mindppt's environment) and
 imports the official code from a checkout of its repository; nothing of that code is copied here.
 Prints one JSON line: img/s (median of the timed calls), the calls' times and the process's peak
-resident memory. ``mindppt.benchmark.compare_official`` starts it alternately with mindppt's own
+resident memory (:func:`mindppt.process_memory.process_peak_mb`, which imports no MindSpore: mindppt is
+imported from this checkout, not installed in that Python). The timing stays here, not in the package:
+every import of mindppt must be one of its runtime dependencies, and torch, timm and the official code are
+not. :func:`mindppt.engine.benchmark.measure_official` starts it alternately with mindppt's own
 measurement (docs/performance.md).
 
   /path/to/torch-venv/bin/python tools/official_ppt_timing.py --repo PPT --model deit_small_patch16_224 \
@@ -11,9 +14,13 @@ measurement (docs/performance.md).
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mindppt.process_memory import process_peak_mb  # noqa: E402  (this checkout's mindppt)
 
 
 def parse_args(argv=None):
@@ -34,15 +41,6 @@ def parse_args(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="after timing, profile two more calls and print the K costliest op types (ms per call)")
     return parser.parse_args(argv)
-
-
-def peak_rss_mb():
-    """This process's own peak resident memory (VmHWM: ru_maxrss would include the parent's at fork)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM in /proc/self/status")
 
 
 def main(argv=None):
@@ -105,7 +103,7 @@ def main(argv=None):
         print(f"{'total':<40} {'':>13} {total / 2e3:>9.1f} ms", file=sys.stderr)
     print(json.dumps({"framework": "official", "model": args.model, "ppt": args.ppt, "train": args.train,
                       "batch_size": args.batch_size, "img_per_s": args.batch_size / median, "times": times,
-                      "peak_rss_mb": peak_rss_mb(),
+                      "peak_rss_mb": process_peak_mb(),
                       "torch": torch.__version__, "timm": timm.__version__}))
 
 

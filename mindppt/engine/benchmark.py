@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,6 +46,7 @@ from mindppt.io import atomic_write
 from mindppt.models import create_model, is_model, list_models
 from mindppt.models.amp import apply_amp
 from mindppt.models.flops import count_params, model_gmacs
+from mindppt.process_memory import process_peak_mb
 
 
 def train_config(name, batch_size, image_size, num_classes, options):
@@ -235,20 +235,6 @@ def measure_together(specs, batch, train, settings):
     for row in rows:
         row["speedup_vs_first"] = row["img_per_s"] / rows[0]["img_per_s"]
     return rows
-
-
-def process_peak_mb():
-    """This process's peak resident memory so far (MB; compile included): the high-water mark of its own
-    address space (``VmHWM``). Not ``ru_maxrss``: Linux carries that over an exec from the forking parent,
-    so a child started by a large parent would report at least the parent's size."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _isolated_child():

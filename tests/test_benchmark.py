@@ -6,6 +6,7 @@ tables; then one quick run of the tool itself. Values, not speed."""
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -175,7 +176,7 @@ def test_isolated_runs_report_each_models_own_peak_memory():
 # them from the checkout it is given, and the stand-ins record what it asked for and whether MindSpore
 # was loaded in that process.
 _FAKE_TIMM = """
-import sys, torch
+import json, os, sys, torch
 __version__ = "0.4.12-fake"
 class _Model(torch.nn.Module):
     default_cfg = {"input_size": (3, 32, 32)}
@@ -187,6 +188,8 @@ class _Model(torch.nn.Module):
         return self.head(x.flatten(1))
 def create_model(name, pretrained=False, **kwargs):
     assert "mindspore" not in sys.modules, "the official timing imported MindSpore"
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "model.json"), "w") as f:
+        json.dump(kwargs, f)
     model = _Model(**kwargs)
     model.name = name
     return model
@@ -196,6 +199,28 @@ import torch
 class SoftTargetCrossEntropy(torch.nn.Module):
     def forward(self, x, target):
         return torch.sum(-target * torch.nn.functional.log_softmax(x, dim=-1), dim=-1).mean()
+"""
+_FAKE_UTILS = """
+import json, os, torch
+def _record(key, value):
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "step.json")
+    seen = json.load(open(path)) if os.path.exists(path) else {}
+    seen[key] = value
+    json.dump(seen, open(path, "w"))
+class NativeScaler:
+    def __init__(self):
+        self._scaler = None
+    def __call__(self, loss, optimizer, clip_grad=None, clip_mode="norm", parameters=None, create_graph=False):
+        _record("scaler", [self._scaler.is_enabled(), self._scaler.get_scale() if self._scaler.is_enabled() else None])
+        _record("clip_grad", clip_grad)
+        self._scaler.scale(loss).backward()
+        self._scaler.step(optimizer)
+        self._scaler.update()
+class ModelEma:
+    def __init__(self, model, decay):
+        self.decay = decay
+    def update(self, model):
+        _record("ema_decay", self.decay)
 """
 _FAKE_PPT = """
 import json, os
@@ -208,23 +233,49 @@ def apply_patch(model, prop_attn, pp_loc_list, threshold):
 
 def test_official_timing_runs_the_checkout_it_is_given_without_mindspore(tmp_path):
     """measure_official -> tools/official_ppt_timing.py, under a Python that has torch: the checkout's
-    apply_patch gets the PPT model's own setting, and the row comes back with the official code's speed,
-    memory and versions."""
+    apply_patch gets the PPT model's own setting, its training step the loss scaling, clipping, EMA and
+    drop path that mindppt's step has, and the row comes back with the official code's speed, memory and
+    versions."""
     repo = tmp_path / "PPT"
     (repo / "timm").mkdir(parents=True)
     (repo / "timm" / "__init__.py").write_text(_FAKE_TIMM)
     (repo / "timm" / "loss.py").write_text(_FAKE_LOSS)
+    (repo / "timm" / "utils.py").write_text(_FAKE_UTILS)
     (repo / "ppt_deit.py").write_text(_FAKE_PPT)
-    settings = {"warmup": 1, "iters": 2, "image_size": None, "num_classes": 1000}
-    for train in (False, True):
+    recipe = ("--loss_scale_type", "dynamic", "--clip_grad", "True", "--clip_value", "1.0", "--ema", "True",
+              "--drop_path_rate", "0.2")
+    bare = ("--loss_scale_type", "none", "--clip_grad", "False", "--ema", "False", "--drop_path_rate", "0.1")
+    expected = {recipe: {"scaler": [True, 1024.0], "clip_grad": 1.0, "ema_decay": 0.99996},
+                bare: {"scaler": [False, None], "clip_grad": None}}
+    for train, train_options in ((False, bare), (True, recipe), (True, bare)):
+        settings = {"warmup": 1, "iters": 2, "image_size": None, "num_classes": 1000, "train_options": train_options}
         row = benchmark.measure_official("ppt_deit_tiny_patch16_224", 2, train, settings, str(repo), sys.executable)
         assert row["framework"] == "official" and row["mode"] == ("train" if train else "infer")
         assert row["img_per_s"] > 0 and row["process_peak_mb"] > 0
         assert row["versions"].endswith("timm 0.4.12-fake")
+        model = json.loads((repo / "model.json").read_text())
+        assert model == {"drop_path_rate": float(train_options[-1]) if train else 0.0, "num_classes": 1000}
+        if train:
+            step = repo / "step.json"
+            assert json.loads(step.read_text()) == expected[train_options], train_options
+            step.unlink()
     patched = json.loads((repo / "ppt_deit.py").with_name("patched.json").read_text())
     threshold = patched.pop("threshold")
     assert patched == {"model": "deit_tiny_patch16_224", "prop_attn": True, "pp_loc_list": [3, 6, 9]}
     assert threshold == pytest.approx(7e-5, rel=1e-6)  # the model's float32 threshold
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--amp_level", "O2"), "--amp_level O2 with --official_repo: the official timing runs in float32"),
+    (("--train", "--loss_scale_type", "fixed"), "--loss_scale_type fixed with --official_repo: the official "
+                                                 "training step scales dynamically"),
+])
+def test_official_comparison_refuses_a_step_the_official_code_cannot_run(tmp_path, options, message):
+    (tmp_path / "ppt_deit.py").write_text("")
+    parsed = benchmark.parse_options(["--official_repo", str(tmp_path), "--official_python", sys.executable,
+                                      *options])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        benchmark.check_options(parsed)
 
 
 def test_official_table_pairs_rows_of_the_same_model_batch_and_mode():

@@ -10,7 +10,13 @@ not. :func:`mindppt.engine.benchmark.measure_official` starts it alternately wit
 measurement (docs/performance.md).
 
   /path/to/torch-venv/bin/python tools/official_ppt_timing.py --repo PPT --model deit_small_patch16_224 \
-      --ppt --batch_size 32 [--train]
+      --ppt --batch_size 32 [--train [--loss_scale dynamic --init_scale 1024] [--clip_grad 1.0] \
+      [--model_ema_decay 0.99996]]
+
+The training step is the inner step of the official engine.py (DeiT's): timm's NativeScaler called with the
+clipping bound and the parameters, then the ModelEma update. NativeScaler's CUDA GradScaler does nothing on a
+CPU, so its scaler is swapped for torch's CPU GradScaler (the same dynamic scaling: x2 after 2000 clean steps,
+x0.5 on overflow), enabled with --loss_scale dynamic.
 """
 import argparse
 import json
@@ -35,6 +41,11 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--train", action="store_true", help="time a training step instead of inference")
     parser.add_argument("--drop_path_rate", type=float, default=0.1)
+    parser.add_argument("--loss_scale", choices=("none", "dynamic"), default="none",
+                        help="loss scaling of the training step")
+    parser.add_argument("--init_scale", type=float, default=1024.0, help="first dynamic loss scale")
+    parser.add_argument("--clip_grad", type=float, default=0.0, help="global-norm clipping bound (0: none)")
+    parser.add_argument("--model_ema_decay", type=float, default=0.0, help="EMA of the weights (0: none)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -50,6 +61,7 @@ def main(argv=None):
     import torch  # noqa: PLC0415
     from ppt_deit import apply_patch  # noqa: PLC0415  (the official repository's module)
     from timm.loss import SoftTargetCrossEntropy  # noqa: PLC0415
+    from timm.utils import ModelEma, NativeScaler  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,12 +80,17 @@ def main(argv=None):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         labels = torch.randint(0, 1000, (args.batch_size,))
         targets = torch.full((args.batch_size, 1000), 0.1 / 1000).scatter_(1, labels[:, None], 0.9 + 0.1 / 1000)
+        loss_scaler = NativeScaler()
+        loss_scaler._scaler = torch.amp.GradScaler("cpu", init_scale=args.init_scale,
+                                                   enabled=args.loss_scale == "dynamic")
+        model_ema = ModelEma(model, decay=args.model_ema_decay) if args.model_ema_decay > 0 else None
 
         def step():
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(images), targets)
-            loss.backward()
-            optimizer.step()
+            loss_scaler(loss, optimizer, clip_grad=args.clip_grad or None, parameters=model.parameters())
+            if model_ema is not None:
+                model_ema.update(model)
     else:
         model.eval()
 

@@ -10,8 +10,9 @@ Two ways to measure, both alternating the candidates round after round (:mod:`mi
 * isolated (:func:`measure_alternating`): every measurement in a fresh process (:func:`measure_isolated`),
   the models alternating process by process. The process's peak resident set (``VmHWM``, compile
   included) is then one model's own: the honest way to compare memory. ``official_repo`` adds, in the
-  same alternation, the official PyTorch PPT code on the same model and batch, timed by
-  ``tools/official_ppt_timing.py`` under ``official_python`` (a Python with torch and timm 0.4.12).
+  same alternation, the official PyTorch PPT code on the same model, batch and training step (loss
+  scaling, clipping, EMA, drop path: :func:`official_options`), timed by ``tools/official_ppt_timing.py``
+  under ``official_python`` (a Python with torch and timm 0.4.12).
 
 ``train`` times the trainer's own training step (:func:`mindppt.engine.trainer.build_recipe_step`:
 TrainStep with the recipe's AdamW and learning rates, drop path, soft-target cross entropy on smoothed
@@ -270,28 +271,40 @@ OFFICIAL_TIMING = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(o
 
 
 @functools.lru_cache(maxsize=None)
-def _ppt_setting(name, num_classes):
-    """(r, compression blocks, threshold) of a registered model, or None for a dense one."""
+def _model_setting(name, num_classes):
+    """(image size, PPT options of the official timing: none for a dense model) of a registered model."""
     model = create_model(name, num_classes=num_classes)
     if not model.compression_blocks:
-        return None
-    return max(model.r_per_block), tuple(model.compression_blocks), model.thresholds[0]
+        return model.img_size, ()
+    return model.img_size, ("--ppt", "--r_tokens", str(max(model.r_per_block)), "--pp_loc_list",
+                            *map(str, model.compression_blocks), "--threshold", repr(model.thresholds[0]))
+
+
+def official_options(name, batch, train, settings):
+    """The options of ``tools/official_ppt_timing.py`` that make the official code run what mindppt's
+    :class:`Runner` runs for ``name``: its timm 0.4.12 model, PPT at the model's own r, blocks and
+    threshold (``ppt_`` models), and with ``train`` the same training step (drop path, loss scaling,
+    clipping and EMA of the recipe and ``settings['train_options']``)."""
+    base = name[len("ppt_"):] if name.startswith("ppt_") else name
+    img_size, ppt = _model_setting(name, settings["num_classes"])
+    options = ["--model", base, "--batch_size", str(batch), "--warmup", str(settings["warmup"]),
+               "--iters", str(settings["iters"]), *ppt]
+    if settings["image_size"]:
+        options += ["--image_size", str(settings["image_size"])]
+    if train:
+        args = train_config(name, batch, settings["image_size"] or img_size, settings["num_classes"],
+                            settings["train_options"])
+        options += ["--train", "--drop_path_rate", repr(args.drop_path_rate),
+                    "--loss_scale", args.loss_scale_type, "--init_scale", repr(args.loss_scale),
+                    "--clip_grad", repr(args.clip_value if args.clip_grad else 0.0),
+                    "--model_ema_decay", repr(args.ema_decay if args.ema else 0.0)]
+    return options
 
 
 def measure_official(name, batch, train, settings, repo, python):
-    """The official PyTorch PPT on the same model (its timm 0.4.12 name; ``ppt_`` applies PPT with the
-    model's own r, blocks and threshold) in a fresh process of ``python``. Same row keys as ours."""
-    base = name[len("ppt_"):] if name.startswith("ppt_") else name
-    command = [python, OFFICIAL_TIMING, "--repo", repo, "--model", base, "--batch_size", str(batch),
-               "--warmup", str(settings["warmup"]), "--iters", str(settings["iters"])]
-    if settings["image_size"]:
-        command += ["--image_size", str(settings["image_size"])]
-    ppt = _ppt_setting(name, settings["num_classes"])
-    if ppt is not None:
-        r, blocks, threshold = ppt
-        command += ["--ppt", "--r_tokens", str(r), "--pp_loc_list", *map(str, blocks), "--threshold", repr(threshold)]
-    if train:
-        command.append("--train")
+    """The official PyTorch PPT on the same model and step (:func:`official_options`) in a fresh process
+    of ``python``. Same row keys as ours."""
+    command = [python, OFFICIAL_TIMING, "--repo", repo, *official_options(name, batch, train, settings)]
     row = _run_json(command, "", f"official timing of {name}")
     return {"model": name, "batch_size": batch, "mode": "train" if train else "infer", "framework": "official",
             "img_per_s": row["img_per_s"], "latency_ms": 1e3 * batch / row["img_per_s"],
@@ -395,6 +408,12 @@ def check_options(options):
         if shutil.which(options.official_python) is None:
             raise ConfigError(f"--official_python {options.official_python}: not an executable (expected a "
                               "Python with torch, torchvision and timm==0.4.12)")
+        if options.amp_level != "O0":
+            raise ConfigError(f"--amp_level {options.amp_level} with --official_repo: the official timing runs "
+                              "in float32 on the CPU (its autocast is CUDA's); expected O0")
+        if options.train and options.loss_scale_type == "fixed":
+            raise ConfigError("--loss_scale_type fixed with --official_repo: the official training step scales "
+                              "dynamically (timm's NativeScaler); expected dynamic or none")
     for name, path in (("--json", options.json), ("--markdown", options.markdown)):
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if folder and not os.path.isdir(folder):

@@ -25,7 +25,7 @@ def parse_args(argv=None):
     own.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
     own.add_argument("--write-docs", action="store_true", help="replace the table in docs/ascend_gpu.md")
     # O2 (the recipes') holds every primitive of the fp32 graphs plus Cast; the front-end graph read here is
-    # the same on every backend but for the backend-specific overflow check of mindspore.amp.all_finite
+    # the same on every backend
     add_options(parser.add_argument_group("model and device"), ("image_resize", "amp_level", "device_target"),
                 defaults={"image_resize": 224, "amp_level": "O2"})
     return parser.parse_args(argv)

@@ -7,16 +7,14 @@ source line it comes from. Each primitive is then looked up in MindSpore's own d
 installed: the ``Supported Platforms:`` section of the primitive's class docstring, else of the
 function its docstring refers to (``Refer to :func:`mindspore.ops.xxx```). ``op_support_extra.yaml``
 (next to this file) covers what has no such docstring -- graph-only nodes (``Load``, ``UpdateState``,
-``MakeTuple``, ``TupleGetItem``), the control-flow ``Switch``, the scalar forms ``Muls``/``Divs``/``LessScalar``
+``MakeTuple``, ``TupleGetItem``), the control-flow ``Switch``, the scalar forms ``Muls``/``Divs``
 and gradient primitives -- each entry citing the documentation page it comes from.
 
 The graphs are the evaluation network and the trainer's own training step
 (:func:`mindppt.engine.trainer.build_recipe_step`) with dynamic loss scaling, gradient clipping and EMA on,
-under the recipes' O2 mixed precision (:func:`build_graph_cells`). One piece of that step is not
-device-independent: ``mindspore.amp.all_finite`` chooses its primitives by backend when the graph is
-built (CPU: ``IsFinite``/``ReduceAll``/``AddN``/``LessScalar``; GPU: ``FloatStatus``; Ascend:
-``NPUGetFloatStatusV2``/``NPUClearFloatStatusV2`` or ``AllFinite``), so compiled here the table holds its CPU
-form; the public ``all_finite`` is documented for Ascend, GPU and CPU.
+under the recipes' O2 mixed precision (:func:`build_graph_cells`). Every piece of that step is
+device-independent (its overflow check is ``IsFinite`` on the gradients' sum of squares, not
+``mindspore.amp.all_finite``, which picks its primitives by backend).
 
 Used by ``tests/test_op_support.py`` and, through :func:`op_support_report`, ``tools/op_support.py`` (which
 writes the table of docs/ascend_gpu.md).
@@ -134,7 +132,7 @@ def collect_primitives(cell, *inputs, project_root=None):
 # --------------------------------------------------------------------------------------------
 
 # The training features of the recipes, all on, so that their primitives are checked: dynamic loss
-# scaling (the recipes' default; all_finite and nn.DynamicLossScaleUpdateCell), global-norm gradient
+# scaling (the recipes' default; the overflow check and nn.DynamicLossScaleUpdateCell), global-norm gradient
 # clipping and the EMA of the weights (both options of every recipe).
 TRAIN_OPTIONS = ("--loss_scale_type", "dynamic", "--clip_grad", "true", "--clip_value", "1.0", "--ema", "true")
 

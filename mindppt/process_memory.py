@@ -1,6 +1,6 @@
 """This process's peak resident memory, read without MindSpore: the benchmark's isolated measurements and
-the official PyTorch PPT's timing (:mod:`mindppt.official_ppt`, run under a torch venv) report the same
-number."""
+the official PyTorch PPT's timing (``tools/official_ppt_timing.py``, run under a torch venv) report the
+same number."""
 import resource
 
 __all__ = ["process_peak_mb"]

@@ -78,10 +78,10 @@ class _Recording(nn.Cell):
     def threshold(self, value):
         self.inner.threshold = value
 
-    def construct(self, x, attn, k, v, size, source):
-        x, size, source, info = self.inner(x, attn, k, v, size, source)
-        scores, _ = self.inner.significance(attn, v)
-        return x, size, source, info + (scores, k)
+    def construct(self, x, attn, keys, norms, size, source):
+        x, size, source, info = self.inner(x, attn, keys, norms, size, source)
+        scores, _ = self.inner.significance(attn, norms)
+        return x, size, source, info + (scores, keys)
 
 
 _PROBES = weakref.WeakKeyDictionary()
@@ -89,7 +89,7 @@ _PROBES = weakref.WeakKeyDictionary()
 
 def probe(model, images):
     """Like ``inspect_compression`` (model built with ``trace_source=True``), with two more entries per
-    block: ``scores`` (B, N_in) float32 and ``keys`` (B, H, N_in, D). Wraps the model's compression
+    block: ``scores`` (B, N_in) float32 and ``keys`` (B, N_in, D), summed over the heads. Wraps the model's compression
     cells on first use, so call it only after ``apply_amp`` and before any other graph of this model.
     Each entry also holds the cell's ``num_protected``."""
     assert model.trace_source, "probe needs trace_source=True"
@@ -128,8 +128,9 @@ def stack_images(results):
 # --------------------------------------------------------------------------------------------
 
 def similarity_from_keys(keys, num_protected=1):
-    """The spec's pooling similarity (see ppt_reference.similarity) of every image, in float64."""
-    metric = keys.astype(np.float64).sum(axis=1)  # (B, N, D); the mean's 1/H cancels below
+    """The spec's pooling similarity (see ppt_reference.similarity) of every image, in float64, from the keys
+    summed over the heads (B, N, D) (the mean's 1/H cancels in the normalisation)."""
+    metric = keys.astype(np.float64)
     metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
     sim = np.einsum("bid,bjd->bij", metric[:, 0::2], metric[:, 1::2])
     sim[:, 0, :] = -np.inf
@@ -166,14 +167,14 @@ class Run:
         num_protected = cls._num_protected(infos)
         blocks = []
         for info in infos:
-            heads, head_dim = info["keys"].shape[1], info["keys"].shape[3]
+            head_dim = info["keys"].shape[2]
             blocks.append(dict(block=info["block"], variance=info["variance"], pooled=info["pooled"].astype(bool),
                                kept=info["kept"].astype(np.int64), size=info["size"], source=info["source"],
                                scores=info["scores"].astype(np.float64),
                                similarity=similarity_from_keys(info["keys"], num_protected)))
-        # float32 evaluation of the similarity (sum over heads, norms, dot products of length head_dim):
-        # a few roundings per term, with margin
-        return cls(name, logits, blocks, threshold, U32, sim_slack=4 * (heads + head_dim + 8) * U32 if infos else 0.0,
+        # float32 evaluation of the similarity from the keys held here (norms, dot products of length
+        # head_dim): a few roundings per term, with margin
+        return cls(name, logits, blocks, threshold, U32, sim_slack=4 * (head_dim + 8) * U32 if infos else 0.0,
                    num_protected=num_protected)
 
     @classmethod

@@ -106,11 +106,30 @@ def test_head_split_merge_and_patches_are_exact_copies(library):
 
 
 def _random_block(batch, heads, tokens, dim, width):
+    """x, attention, the qkv projection with its keys and values split by head (B, H, N, D), sizes."""
     attn = RNG.random((batch, heads, tokens, tokens)) ** 4
     attn = f32(attn / attn.sum(-1, keepdims=True))
-    keys, values = (f32(RNG.standard_normal((batch, heads, tokens, dim))) for _ in range(2))
-    return (f32(RNG.standard_normal((batch, tokens, width))), attn, keys, values,
+    qkv = f32(RNG.standard_normal((batch, tokens, 3 * heads * dim)))
+    _, keys, values = qkv.reshape(batch, tokens, 3, heads, dim).transpose(2, 0, 3, 1, 4)
+    return (f32(RNG.standard_normal((batch, tokens, width))), attn, qkv, keys, values,
             f32(np.floor(RNG.uniform(1, 5, (batch, tokens)))))
+
+
+def _summary(library, qkv, heads):
+    """The compression's keys and value norms from the qkv projection, by the kernel."""
+    summarise = fused_cpu.keys_and_value_norms_op(heads, library)
+    keys, norms = summarise(t(qkv), ms.Tensor(f32([heads, 1.0])))
+    return keys.asnumpy(), norms.asnumpy()
+
+
+def assert_summary_is_exact_sums_rounded_once(keys, norms, k, v):
+    """keys: the sum over heads of k (B, H, N, D); norms: each token's value norm over all heads; float32 from
+    double sums, so within one rounding of the exact value (plus the double sums' own, far smaller)."""
+    exact_keys = k.astype(np.float64).sum(axis=1)
+    slack = k.shape[1] * 2.0 ** -52 * np.abs(k.astype(np.float64)).sum(axis=1)
+    assert np.all(np.abs(keys - exact_keys) <= U32 * np.abs(exact_keys) + slack)
+    exact_norms = np.sqrt((v.astype(np.float64) ** 2).sum(axis=(1, 3)))
+    assert np.all(np.abs(norms - exact_norms) <= 1.01 * U32 * exact_norms)
 
 
 HALF = ms.Tensor(0.5, ms.float32)
@@ -123,16 +142,20 @@ def variance_for(pooled):
 
 @pytest.mark.parametrize("num_protected", [1, 2])
 def test_compression_kernels_follow_the_reference(library, num_protected):
-    """Significance within float32 bounds of the reference; per image (prune or pool, chosen here) the
+    """From the qkv projection: the head-summed keys and the value norms within one rounding of their exact
+    values; significance within float32 bounds of the reference; per image (prune or pool, chosen here) the
     kept positions exactly the reference's, the merged tokens its size-weighted means, sizes and source
     rows exact; the merge's gradient is the weighted copy back to each input token (0 if pruned)."""
     batch, heads, tokens, dim, width, r = 6, 3, 41, 8, 24, 12
-    x, attn, k, v, size = _random_block(batch, heads, tokens, dim, width)
+    x, attn, qkv, k, v, size = _random_block(batch, heads, tokens, dim, width)
+    keys, norms = _summary(library, qkv, heads)
+    assert keys.shape == (batch, tokens, dim) and norms.shape == (batch, tokens)
+    assert_summary_is_exact_sums_rounded_once(keys, norms, k, v)
     significance, plan, merge, merge_backward, sum_rows = fused_cpu.compression_ops(tokens - r, library)
     protect = ms.Tensor(np.array([num_protected], np.float32))
-    scores, variance = (o.asnumpy() for o in significance(t(attn), t(v), protect))
+    scores, variance = (o.asnumpy() for o in significance(t(attn), t(norms), protect))
     pooled = np.array([1, 0, 1, 0, 1, 0], np.float32)
-    kept, dest = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(k), protect))
+    kept, dest = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(keys), protect))
     new_x, new_size = (o.asnumpy() for o in merge(t(x), t(size), ms.Tensor(dest)))
     source = f32(np.eye(tokens)[None].repeat(batch, 0) * RNG.integers(0, 2, (batch, tokens, 1)))
     new_source = sum_rows(t(source), ms.Tensor(dest)).asnumpy()
@@ -167,12 +190,13 @@ def test_pool_plan_at_model_size_follows_the_reference(library, num_protected):
     """At a DeiT-S block's size the matching is shared between the kernel threads, the split falling
     inside an image: each pooled image's kept positions are still exactly the reference's."""
     batch, heads, tokens, dim, r = 3, 6, 197, 64, 50
-    x, attn, k, v, size = _random_block(batch, heads, tokens, dim, 8)
+    x, attn, qkv, k, v, size = _random_block(batch, heads, tokens, dim, 8)
+    keys, _ = _summary(library, qkv, heads)
     _, plan, _, _, _ = fused_cpu.compression_ops(tokens - r, library)
     pooled = np.array([1, 1, 0], np.float32)
     scores = f32(RNG.random((batch, tokens)))
     protect = ms.Tensor(np.array([num_protected], np.float32))
-    kept, _ = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(k), protect))
+    kept, _ = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(keys), protect))
     for i in range(batch):
         args = (x[i].astype(np.float64), size[i].astype(np.float64), np.eye(tokens))
         if pooled[i]:
@@ -307,13 +331,16 @@ def test_fused_attention_against_float64(library, with_sizes):
     bound = bound.transpose(0, 2, 1, 3).reshape(exact.shape)
     assert out.shape == exact.shape
     assert np.all(np.abs(out - exact) <= bound)
-    # a compression block's variant: the same output, the class token's probabilities, keys and values
+    # a compression block's variant: the same output, the class token's probabilities, and the keys and
+    # value norms of the standalone kernel, bit for bit
     attend, attend_sizes = fused_cpu.fused_attention_ops(heads, internals=True, library=library)
-    out_too, cls, keys, values = (o.asnumpy() for o in (attend_sizes if with_sizes else attend)(*inputs))
+    out_too, cls, keys, norms = (o.asnumpy() for o in (attend_sizes if with_sizes else attend)(*inputs))
     assert np.array_equal(out_too, out)
     assert cls.shape == (batch, heads, 1, tokens)
     assert np.all(np.abs(cls - probs[:, :, :1]) <= prob_error[:, :, :1])
-    assert np.array_equal(keys, f32(k)) and np.array_equal(values, f32(v))
+    assert_summary_is_exact_sums_rounded_once(keys, norms, k, v)
+    alone = _summary(library, qkv, heads)
+    assert np.array_equal(keys, alone[0]) and np.array_equal(norms, alone[1])
 
 
 def test_gemm_cells_give_the_portable_outputs_and_gradients():

@@ -324,16 +324,17 @@ def embed_tokens_op(library=None):
 
 def compression_ops(num_out, library=None):
     """``(significance, plan, merge, merge_backward, sum_rows)`` of PPT's compression to ``num_out``
-    tokens, or None. significance(attn (B, H, N, N) or its class-token row (B, H, 1, N), v (B, H, N, D),
+    tokens, or None. significance(attn (B, H, N, N) or its class-token row (B, H, 1, N), value norms (B, N),
     num_protected (1,)) -> (scores (B, N), variance (B,)); plan(scores (B, N), variance (B,), threshold ()
-    (pool where variance < threshold), keys (B, H, N, D), num_protected (1,)) -> (kept (B, M) int32, dest
-    (B, N) int32); merge(x (B, N, C), size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
-    merge_backward(dnew_x, size, new_size, dest) -> dx; sum_rows(rows (B, N, K), dest) -> (B, M, K)."""
+    (pool where variance < threshold), head-summed keys (B, N, D), num_protected (1,)) -> (kept (B, M)
+    int32, dest (B, N) int32); merge(x (B, N, C), size (B, N), dest) -> (new_x (B, M, C), new_size (B, M));
+    merge_backward(dnew_x, size, new_size, dest) -> dx; sum_rows(rows (B, N, K), dest) -> (B, M, K).
+    The keys and norms come from :func:`keys_and_value_norms_op` or the fused attention's internals."""
     library = library or library_path()
     if library is None:
         return None
     m = int(num_out)
-    significance = _custom(library, "MindpptSignificance", lambda attn, *_: ((attn[0], attn[3]), (attn[0],)),
+    significance = _custom(library, "MindpptSignificance", lambda attn, norms, *_: (tuple(norms), (norms[0],)),
                            lambda attn, *_: (attn, attn))
     plan = _custom(library, "MindpptCompressionPlan", lambda scores, *_: ((scores[0], m), tuple(scores)),
                    lambda *_: (ms.int32, ms.int32))
@@ -343,6 +344,23 @@ def compression_ops(num_out, library=None):
                              lambda dnew, size, *_: (dnew[0], size[1], dnew[2]), _first)
     sum_rows = _custom(library, "MindpptSumRows", lambda rows, _: (rows[0], m, rows[2]), _first)
     return significance, plan, merge, merge_backward, sum_rows
+
+
+def _summary_shapes(qkv, num_heads):
+    b, n, c = qkv[0], qkv[1], qkv[2] // 3
+    return (b, n, c // num_heads), (b, n)
+
+
+def keys_and_value_norms_op(num_heads, library=None):
+    """What PPT's compression reads of a block's keys and values, or None: (qkv (B, N, 3C), setting (heads,
+    ...)) -> (keys (B, N, C / H) summed over the heads, value norms (B, N) over all C columns), float32 from
+    double sums. Forward only: they feed discrete decisions."""
+    library = library or library_path()
+    if library is None:
+        return None
+    h = int(num_heads)
+    return _custom(library, "MindpptKeysAndValueNorms", lambda qkv, *_: _summary_shapes(qkv, h),
+                   lambda qkv, *_: (qkv, qkv))
 
 
 _ONEDNN = "libdnnl.so.3"  # the name gemm.cc looks up
@@ -386,8 +404,8 @@ def fused_attention_ops(num_heads, internals=False, library=None):
     """``(attend, attend_sizes)``, or None: attend(qkv (B, N, 3C), setting (heads, scale)) -> softmax(scale
     q k^T) v (B, N, C) with the heads merged, from the qkv projection read in place; attend_sizes(qkv,
     size (B, N), setting) adds ``log(size)`` to the logits. With ``internals`` both also return what a
-    compression block reads: the class token's probabilities (B, H, 1, N), the keys and the values
-    (B, H, N, D). Forward only (:mod:`.vit` gives the gradient)."""
+    compression block reads: the class token's probabilities (B, H, 1, N), and the head-summed keys and the
+    value norms of :func:`keys_and_value_norms_op`. Forward only (:mod:`.vit` gives the gradient)."""
     library = library or library_path()
     if library is None or not _onednn_loaded():
         return None
@@ -395,7 +413,7 @@ def fused_attention_ops(num_heads, internals=False, library=None):
 
     def shapes(qkv, *_):
         b, n, c = qkv[0], qkv[1], qkv[2] // 3
-        return ((b, n, c), (b, h, 1, n), (b, h, n, c // h), (b, h, n, c // h)) if internals else (b, n, c)
+        return ((b, n, c), (b, h, 1, n)) + _summary_shapes(qkv, h) if internals else (b, n, c)
 
     dtypes = (lambda qkv, *_: (qkv,) * 4) if internals else _first
     suffix = "Internals" if internals else ""

@@ -56,8 +56,8 @@ class TokenCompression(nn.Cell):
     protected token (ToMe's rule for class and distillation tokens).
 
     Inputs (all computed by the block's attention; only the class-token row of ``attn`` is used):
-      x (B, N, C), attn (B, H, N, N) softmaxed, k and v (B, H, N, D), size (B, N) float32,
-      source (B, N, N0) or None.
+      x (B, N, C), attn (B, H, N, N) or (B, H, 1, N) softmaxed, keys (B, N, D) summed over the heads,
+      value norms (B, N) over all heads, size (B, N) float32, source (B, N, N0) or None.
     Returns x (B, N - r, C), size (B, N - r), source or None, and an info tuple
     ``(variance (B,), pooled (B,) bool, size, kept (B, N - r) int32, source)`` for inspection.
     Scores, variance, the policy test and sizes stay in float32 whatever the compute dtype.
@@ -98,7 +98,6 @@ class TokenCompression(nn.Cell):
         self.protected_scores = Tensor((2.0 + np.arange(self.num_protected, dtype=np.float32)[::-1]).reshape(1, -1))
 
         self.bmm = ops.BatchMatMul()
-        self.matmul = ops.MatMul()
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm_tn = ops.BatchMatMul(transpose_a=True)
         self.on = Tensor(1.0, ms.float32)
@@ -118,19 +117,13 @@ class TokenCompression(nn.Cell):
     def threshold(self, value):
         self.ppt_threshold.set_data(Tensor(float(value), ms.float32))
 
-    def significance(self, attn, v):
+    def significance(self, attn, norms):
         """Normalised ATS scores (B, N), protected tokens set above every other score, and the unbiased
         variance of the unprotected tokens' scores (one fused kernel on the CPU backend)."""
-        if self.fused_significance is not None and attn.dtype == ms.float32 and v.dtype == ms.float32:
-            return self.fused_significance(attn, v, self.num_protected_tensor)
+        if self.fused_significance is not None and attn.dtype == ms.float32:
+            return self.fused_significance(attn, norms, self.num_protected_tensor)
         cls_attn = attn[:, :, 0, :].astype(ms.float32).sum(axis=1)  # (B, N)
-        b, heads, n, head_dim = v.shape
-        v32 = v.astype(ms.float32)
-        # ||v_j|| over all heads; the sum over head_dim as a matmul with ones (CPU ReduceSum over the
-        # last axis took 9x longer here)
-        squares = (v32 * v32).reshape(b * heads * n, head_dim)
-        v_norm = ops.sqrt(self.matmul(squares, ops.ones((head_dim, 1), ms.float32)).reshape(b, heads, n).sum(axis=1))
-        raw = (cls_attn * v_norm)[:, self.num_protected:]
+        raw = (cls_attn * norms)[:, self.num_protected:]
         normalised = raw / raw.sum(axis=1, keepdims=True)
         centred = normalised - normalised.mean(axis=1, keep_dims=True)
         variance = (centred * centred).sum(axis=1) / (self.num_tokens - self.num_protected - 1)
@@ -142,14 +135,10 @@ class TokenCompression(nn.Cell):
         _, keep = ops.topk(scores, self.num_out, sorted=True)
         return ops.one_hot(keep, self.num_tokens, self.on, self.off), keep
 
-    def pool_assignment(self, k):
-        """ToMe bipartite soft matching on head-averaged keys, protected tokens untouched and in front."""
-        # Sum over heads as a (1 x heads) matmul (9x faster than CPU ReduceMean over axis 1); the mean's
-        # 1 / heads cancels in the normalisation.
-        b, heads, n, head_dim = k.shape
-        metric = self.bmm(ops.ones((b, 1, heads), ms.float32), k.astype(ms.float32).reshape(b, heads, n * head_dim))
-        metric = metric.reshape(b, n, head_dim)
-        metric = metric / ops.sqrt((metric * metric).sum(axis=-1, keepdims=True))
+    def pool_assignment(self, keys):
+        """ToMe bipartite soft matching on the head-summed keys (the mean's 1 / heads cancels in the
+        normalisation), protected tokens untouched and in front."""
+        metric = keys / ops.sqrt((keys * keys).sum(axis=-1, keepdims=True))
         a, b = metric[:, ::2, :], metric[:, 1::2, :]
         similarity = self.bmm_nt(a, b) + self.protect  # (B, Na, Nb)
         best_match, best_b = ops.max(similarity, axis=-1)
@@ -163,7 +152,7 @@ class TokenCompression(nn.Cell):
         merged_targets = ops.one_hot(target_b, self.num_b, self.on, self.off)  # (B, r, Nb)
         b_rows = self.keep_b + self.bmm_tn(merged_targets, merged_sources)
         kept = ops.concat(
-            (unmerged_a * 2, ops.broadcast_to(self.b_positions, (k.shape[0], self.num_b))), axis=1)
+            (unmerged_a * 2, ops.broadcast_to(self.b_positions, (keys.shape[0], self.num_b))), axis=1)
         return self.protected_first(ops.concat((unmerged_rows, b_rows), axis=1)), self.protected_first(kept)
 
     def protected_first(self, rows):
@@ -174,20 +163,19 @@ class TokenCompression(nn.Cell):
         u = self.num_unmerged
         return ops.concat((rows[:, :1], rows[:, u:u + 1], rows[:, 1:u], rows[:, u + 1:]), axis=1)
 
-    def construct(self, x, attn, k, v, size, source):
+    def construct(self, x, attn, keys, norms, size, source):
         # Scores and matching only make discrete choices: no gradient flows through them.
-        attn, k, v = ops.stop_gradient(attn), ops.stop_gradient(k), ops.stop_gradient(v)
-        scores, variance = self.significance(attn, v)
+        attn, keys, norms = ops.stop_gradient(attn), ops.stop_gradient(keys), ops.stop_gradient(norms)
+        scores, variance = self.significance(attn, norms)
         pooled = variance < self.ppt_threshold  # the fused plan makes this test itself
         if self.fused_plan is not None and x.dtype == ms.float32:
-            kept, dest = self.fused_plan(scores, variance, self.ppt_threshold, k.astype(ms.float32),
-                                         self.num_protected_tensor)
+            kept, dest = self.fused_plan(scores, variance, self.ppt_threshold, keys, self.num_protected_tensor)
             new_x, new_size = self.fused_merge(x, size, dest)
             if self.trace_source:
                 source = self.fused_sum_rows(source, dest)
             return new_x, new_size, source, (variance, pooled, new_size, kept, source)
         prune_rows, prune_kept = self.prune_assignment(scores)
-        pool_rows, pool_kept = self.pool_assignment(k)
+        pool_rows, pool_kept = self.pool_assignment(keys)
         assignment = ops.select(pooled.reshape(-1, 1, 1), pool_rows, prune_rows)
         kept = ops.select(pooled.reshape(-1, 1), pool_kept, prune_kept.astype(ms.int32))
 

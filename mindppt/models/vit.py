@@ -423,15 +423,16 @@ class _AttentionValues(nn.Cell):
 class _FusedAttention(nn.Cell):
     """Attention at inference in one kernel from the qkv projection (B, N, 3C) to the merged heads (B, N, C)
     (:func:`.fused_cpu.fused_attention_ops`); with ``internals`` also the class token's probabilities
-    (B, H, 1, N), keys and values (B, H, N, D). Its gradient recomputes the attention with the split, scores,
-    softmax and values cells and runs their backward passes (a model differentiated at inference)."""
+    (B, H, 1, N), the head-summed keys (B, N, D) and the value norms (B, N). Its gradient recomputes the
+    attention with the split, scores, softmax and values cells and runs their backward passes (a model
+    differentiated at inference); the keys and norms get none (they only feed discrete decisions)."""
 
-    def __init__(self, kernels, num_heads, scale, prop_attn, internals, split_qkv, scores, softmax, values):
+    def __init__(self, kernels, setting, prop_attn, internals, split_qkv, scores, softmax, values):
         super().__init__()
         self.kernel, self.size_kernel = kernels
         self.prop_attn = prop_attn
         self.internals = internals
-        self.setting = Tensor(np.array([num_heads, scale], np.float32))
+        self.setting = setting
         self.split_qkv, self.scores, self.softmax, self.values = split_qkv, scores, softmax, values
 
     def construct(self, qkv, size):
@@ -444,22 +445,21 @@ class _FusedAttention(nn.Cell):
         logits = self.scores(q, k)
         attn = self.softmax(logits, size)
         dattn, dv = self.values.bprop(attn, v, out, dout[0] if self.internals else dout)
-        if self.internals:  # the class token's probabilities, the keys and the values are outputs too
+        if self.internals:  # the class token's probabilities are an output too
             dattn = ops.concat((dattn[:, :, :1] + dout[1], dattn[:, :, 1:]), axis=2)
         dlogits, _ = self.softmax.bprop(logits, size, attn, dattn)
         dq, dk = self.scores.bprop(q, k, logits, dlogits)
-        if self.internals:
-            dk, dv = dk + dout[2], dv + dout[3]
         return self.split_qkv.bprop(qkv, (q, k, v), (dq, dk, dv))[0], ops.zeros_like(size)
 
 
 class Attention(nn.Cell):
     """Multi-head self-attention; with ``prop_attn`` the logits get ``log(size_j)`` (ToMe/PPT).
 
-    Returns the output, the softmaxed attention and the per-head keys and values, which the
-    compression cell needs (at inference on the fused CPU path, where the attention runs as one kernel,
-    only the class token's row of the attention, (B, H, 1, N)). With ``internals=False`` (a block
-    without compression) the last three are None at inference."""
+    Returns the output and what the compression cell reads: the softmaxed attention (at inference on the
+    fused CPU path, where the attention runs as one kernel, only the class token's row, (B, H, 1, N)), each
+    token's key summed over the heads (B, N, D) and its value norm over all heads (B, N), float32 and
+    without gradient (see :meth:`keys_and_value_norms`). With ``internals=False`` (a block without
+    compression) the keys and norms are None, and so is the attention at inference."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, prop_attn=False,
                  internals=True):
@@ -484,11 +484,32 @@ class Attention(nn.Cell):
         self.scores = _AttentionScores(gemm[0]) if gemm is not None else None
         self.values = _AttentionValues(gemm[1], swap) if gemm is not None else None
         self.internals = internals
+        self.setting = Tensor(np.array([num_heads, self.scale], np.float32))
+        self.summarise = fused_cpu.keys_and_value_norms_op(num_heads) if internals else None
+        self.sum_heads = ops.BatchMatMul()
+        self.matmul = ops.MatMul()
         whole = fused_cpu.fused_attention_ops(num_heads, internals) if gemm is not None else None
         self.fused = None
         if whole is not None and self.softmax.fused is not None:
-            self.fused = _FusedAttention(whole, num_heads, self.scale, self.prop_attn, internals, self.split_qkv,
+            self.fused = _FusedAttention(whole, self.setting, self.prop_attn, internals, self.split_qkv,
                                          self.scores, self.softmax.fused, self.values)
+
+    def keys_and_value_norms(self, qkv, k, v):
+        """Per token the key summed over the heads (B, N, D) (ToMe's pooling metric; the mean's 1 / H cancels
+        in its normalisation) and the value norm over all heads (B, N), float32 and without gradient: the
+        compression only makes discrete choices from them. From the qkv projection in one kernel on the CPU
+        backend; otherwise the sums over heads and over the head dimension as products with ones (CPU
+        ReduceSum over an axis took 9x longer)."""
+        if self.summarise is not None and qkv.dtype == ms.float32:
+            keys, norms = self.summarise(qkv, self.setting)
+        else:
+            b, heads, n, head_dim = k.shape
+            ones = ops.ones((b, 1, heads), ms.float32)
+            keys = self.sum_heads(ones, k.astype(ms.float32).reshape(b, heads, n * head_dim)).reshape(b, n, head_dim)
+            v32 = v.astype(ms.float32)
+            squares = self.matmul((v32 * v32).reshape(b * heads * n, head_dim), ops.ones((head_dim, 1), ms.float32))
+            norms = ops.sqrt(self.sum_heads(ones, squares.reshape(b, heads, n)).reshape(b, n))
+        return ops.stop_gradient(keys), ops.stop_gradient(norms)
 
     def construct(self, x, size, residual=None):
         """``residual``: added to the output (inference, where dropout is the identity)."""
@@ -496,21 +517,24 @@ class Attention(nn.Cell):
         qkv = self.qkv(x)
         if (self.fused is not None and not self.training and qkv.dtype == ms.float32
                 and self.softmax.float32_kernels):
-            attn = k = v = None
+            attn = keys = norms = None
             if self.internals:
-                out, attn, k, v = self.fused(qkv, size)
+                out, attn, keys, norms = self.fused(qkv, size)
             else:
                 out = self.fused(qkv, size)
             if residual is None:
-                return self.proj_drop(self.proj(out)), attn, k, v
-            return self.proj(out, residual), attn, k, v
+                return self.proj_drop(self.proj(out)), attn, keys, norms
+            return self.proj(out, residual), attn, keys, norms
         fused = self.split_qkv is not None and qkv.dtype == ms.float32
         if fused:
             q, k, v = self.split_qkv(qkv)
         else:
-            qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-            q, k, v = ops.unstack(qkv, 0)
+            by_head = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+            q, k, v = ops.unstack(by_head, 0)
             q = q * self.scale
+        keys = norms = None
+        if self.internals:
+            keys, norms = self.keys_and_value_norms(qkv, k, v)
         gemm = fused and self.scores is not None
         logits = self.scores(q, k) if gemm else self.qk(q, k)
         attn = self.softmax(logits, size)
@@ -523,8 +547,8 @@ class Attention(nn.Cell):
             else:
                 out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
         if residual is None:
-            return self.proj_drop(self.proj(out)), attn, k, v
-        return self.proj(out, residual), attn, k, v
+            return self.proj_drop(self.proj(out)), attn, keys, norms
+        return self.proj(out, residual), attn, keys, norms
 
 
 class _FusedSoftmax(nn.Cell):
@@ -594,13 +618,13 @@ class Block(nn.Cell):
         # projections' gemm kernels (one pass less over the tokens each)
         fuse = not self.training and self.skip_lam == 1.0
         if fuse:
-            x, attn, k, v = self.attn(self.norm1(x), size, x)
+            x, attn, keys, norms = self.attn(self.norm1(x), size, x)
         else:
-            out, attn, k, v = self.attn(self.norm1(x), size)
+            out, attn, keys, norms = self.attn(self.norm1(x), size)
             x = x + self.residual(out)
         info = None
         if self.compression is not None:
-            x, size, source, info = self.compression(x, attn, k, v, size, source)
+            x, size, source, info = self.compression(x, attn, keys, norms, size, source)
         if fuse:
             x = self.mlp(self.norm2(x), x)
         else:

@@ -206,6 +206,13 @@ void ParallelFor(int64_t n, int64_t work_per_item, Fn fn) {
 // y[i] <- gelu(y[i]) for i < n (gelu.cc)
 void GeluInPlace(float *y, int64_t n);
 
+// What PPT's compression reads of a block's keys and values, from the qkv projection (B, N, 3C) with H
+// heads read in place (compression.cc): keys (B, N, C / H), each token's key summed over the heads (the
+// pooling metric: ToMe's mean over heads without the 1 / H its normalisation cancels), and norms (B, N),
+// each token's value norm over all C columns; sums in double, rounded once.
+void SummariseKeysValues(const float *qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads, float *keys,
+                         float *norms);
+
 inline int64_t NumElements(int ndim, const int64_t *shape) {
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n *= shape[i];

@@ -4,7 +4,8 @@
 // their products made a compression block cost more memory than a dense block.
 //
 // Plan: inputs scores (B, N) (protected tokens already scored above every other), variance (B) and
-// threshold () (an image pools when variance < threshold), keys (B, H, N, D), settings (1) = number of
+// threshold () (an image pools when variance < threshold), keys (B, N, D) summed over the heads
+// (SummariseKeysValues), settings (1) = number of
 // protected tokens (1 or 2); outputs kept (B, N - r) int32
 // (the original position of each output token: the best score for pruning, ToMe's layout for pooling)
 // and dest (B, N) int32 (the output token each input token goes to, -1 if pruned). r comes from the
@@ -47,16 +48,11 @@ struct Matching {
   int32_t *match;     // (B, num_a) its B token (the first one on equal similarities)
 };
 
-// the normalised key of token t of an image, into a_rows or b_columns
-void NormalisedKey(const float *keys, int64_t heads, const Matching &m, int64_t image, int64_t t) {
-  thread_local std::vector<double> sums;
-  sums.assign(m.dim, 0.0);
-  double *metric = sums.data();
-  for (int64_t h = 0; h < heads; ++h) {
-    const float *row = keys + (h * m.tokens + t) * m.dim;
-#pragma omp simd
-    for (int64_t d = 0; d < m.dim; ++d) metric[d] += row[d];
-  }
+// the normalised key of token t of an image (keys: the image's (N, D) head-summed keys), into a_rows or
+// b_columns
+void NormalisedKey(const float *keys, const Matching &m, int64_t image, int64_t t) {
+  thread_local std::vector<double> metric;
+  metric.assign(keys + t * m.dim, keys + (t + 1) * m.dim);
   double norm = 0.0;
 #pragma omp simd reduction(+ : norm)
   for (int64_t d = 0; d < m.dim; ++d) norm += metric[d] * metric[d];
@@ -134,35 +130,64 @@ void PlanPool(const Matching &m, int64_t image, const Plan &p) {
 
 }  // namespace
 
+void mindppt::SummariseKeysValues(const float *qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads,
+                                  float *keys, float *norms) {
+  const int64_t dim = width / heads;
+  mindppt::ParallelFor(batch * tokens, 2 * width, [=](unsigned, int64_t begin, int64_t end) {
+    thread_local std::vector<double> sums;
+    for (int64_t row = begin; row < end; ++row) {
+      const float *k = qkv + row * 3 * width + width, *v = k + width;
+      sums.assign(dim, 0.0);
+      double *metric = sums.data();
+      for (int64_t h = 0; h < heads; ++h) {
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) metric[d] += k[h * dim + d];
+      }
+      for (int64_t d = 0; d < dim; ++d) keys[row * dim + d] = static_cast<float>(metric[d]);
+      double squares = 0.0;
+      for (int64_t h = 0; h < heads; ++h) {
+        double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t d = 0; d < dim; ++d) sq += static_cast<double>(v[h * dim + d]) * v[h * dim + d];
+        squares += sq;
+      }
+      norms[row] = static_cast<float>(std::sqrt(squares));
+    }
+  });
+}
+
+// inputs qkv (B, N, 3C), setting (heads, ...); outputs keys (B, N, C / H) and norms (B, N): see
+// SummariseKeysValues (the training step's attention, which keeps its heads split for the backward pass)
+extern "C" int MindpptKeysAndValueNorms(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                        void *stream, void *extra) {
+  const float *qkv = static_cast<const float *>(params[0]);
+  const int64_t heads = static_cast<int64_t>(*static_cast<const float *>(params[1]));
+  mindppt::SummariseKeysValues(qkv, shapes[0][0], shapes[0][1], shapes[0][2] / 3, heads,
+                               static_cast<float *>(params[2]), static_cast<float *>(params[3]));
+  return 0;
+}
+
 // inputs attn (B, H, R, N) softmaxed: all rows (R = N) or the class token's (R = 1), only that one read;
-// v (B, H, N, D), settings (1) = number of protected tokens p; outputs scores (B, N) and variance (B): ATS
-// significance
-// (sum over heads of attn[h, 0, j]) * ||v_j|| normalised over the unprotected tokens, the protected ones
-// scored 2 + (p - 1 - i) in front, and the unbiased variance of the normalised scores (double sums).
+// norms (B, N) of the values (SummariseKeysValues), settings (1) = number of protected tokens p; outputs
+// scores (B, N) and variance (B): ATS significance (sum over heads of attn[h, 0, j]) * ||v_j|| normalised
+// over the unprotected tokens, the protected ones scored 2 + (p - 1 - i) in front, and the unbiased
+// variance of the normalised scores (double sums).
 extern "C" int MindpptSignificance(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                    void *stream, void *extra) {
   const float *attn = static_cast<const float *>(params[0]);
-  const float *v = static_cast<const float *>(params[1]);
+  const float *norms = static_cast<const float *>(params[1]);
   const int64_t protect = static_cast<int64_t>(*static_cast<const float *>(params[2]));
   float *scores = static_cast<float *>(params[3]);
   float *variance = static_cast<float *>(params[4]);
-  const int64_t batch = shapes[1][0], heads = shapes[1][1], tokens = shapes[1][2], dim = shapes[1][3];
-  const int64_t rows = shapes[0][2];
-  mindppt::ParallelFor(batch, heads * tokens * dim, [=](unsigned, int64_t begin, int64_t end) {
+  const int64_t heads = shapes[0][1], rows = shapes[0][2], batch = shapes[1][0], tokens = shapes[1][1];
+  mindppt::ParallelFor(batch, heads * tokens, [=](unsigned, int64_t begin, int64_t end) {
     std::vector<double> raw(tokens);
     for (int64_t b = begin; b < end; ++b) {
       double total = 0.0;
       for (int64_t j = protect; j < tokens; ++j) {
-        double cls_attn = 0.0, squares = 0.0;
-        for (int64_t h = 0; h < heads; ++h) {
-          cls_attn += attn[((b * heads + h) * rows) * tokens + j];  // row 0 of head h
-          const float *vj = v + ((b * heads + h) * tokens + j) * dim;
-          double sq = 0.0;
-#pragma omp simd reduction(+ : sq)
-          for (int64_t d = 0; d < dim; ++d) sq += static_cast<double>(vj[d]) * vj[d];
-          squares += sq;
-        }
-        raw[j] = cls_attn * std::sqrt(squares);
+        double cls_attn = 0.0;
+        for (int64_t h = 0; h < heads; ++h) cls_attn += attn[((b * heads + h) * rows) * tokens + j];  // row 0
+        raw[j] = cls_attn * norms[b * tokens + j];
         total += raw[j];
       }
       const int64_t count = tokens - protect;
@@ -193,7 +218,7 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   int32_t *kept = static_cast<int32_t *>(params[5]);
   int32_t *dest = static_cast<int32_t *>(params[6]);
   const int64_t batch = shapes[0][0], tokens = shapes[0][1], out = shapes[5][1];
-  const int64_t heads = shapes[3][1], dim = shapes[3][3];
+  const int64_t dim = shapes[3][2];
   const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
   const int64_t stride = (num_b + kTileColumns - 1) / kTileColumns * kTileColumns;
   const int64_t tiles = (num_a - 1 + kTileRows - 1) / kTileRows;  // per image, from A token 1
@@ -212,10 +237,10 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
                    a_rows.data(), b_columns.data(), best.data(), match.data()};
   for (int64_t column = 0; column < batch * dim; ++column)  // the tiles' padding
     std::fill(b_columns.begin() + column * stride + num_b, b_columns.begin() + (column + 1) * stride, 0.0);
-  mindppt::ParallelFor(batch * tokens, heads * dim, [=](unsigned, int64_t begin, int64_t end) {
+  mindppt::ParallelFor(batch * tokens, dim, [=](unsigned, int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t image = row / tokens;
-      if (pooled[image]) NormalisedKey(keys + image * heads * tokens * dim, heads, m, image, row % tokens);
+      if (pooled[image]) NormalisedKey(keys + image * tokens * dim, m, image, row % tokens);
     }
   });
   mindppt::ParallelFor(batch * tiles, kTileRows * num_b * dim, [=](unsigned, int64_t begin, int64_t end) {

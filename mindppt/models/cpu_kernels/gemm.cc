@@ -140,9 +140,11 @@ extern "C" int MindpptAttentionValues(int nparam, void **params, int *ndims, int
 namespace {
 
 // Where the fused attention writes: the merged heads y (B, N, C), and for a compression block also the
-// class token's probabilities (B, H, 1, N) and the keys and values split by head (B, H, N, D).
+// class token's probabilities (B, H, 1, N), the head-summed keys (B, N, D) and the value norms (B, N)
+// (SummariseKeysValues): a few numbers per token instead of a copy of the keys and values, which had made
+// that moment a small model's memory peak.
 struct AttentionOutputs {
-  float *y, *cls, *k, *v;
+  float *y, *cls, *keys, *norms;
 };
 
 // Attention at inference from the qkv projection (B, N, 3C), read in place as q | k | v with H heads of
@@ -167,14 +169,10 @@ int Attend(void **params, int64_t **shapes, const float *log_size, const float *
       const float *bias = log_size != nullptr ? log_size + b * n : nullptr;
       for (int64_t r = 0; r < n; ++r) mindppt::SoftmaxRow(p + r * n, bias, p + r * n, n);
       sgemm('N', 'N', n, d, n, 1.0f, p, n, v, stride, 0.0f, to.y + b * n * width + h * d, width);
-      if (to.cls == nullptr) continue;
-      std::memcpy(to.cls + bh * n, p, n * sizeof(float));
-      for (int64_t r = 0; r < n; ++r) {
-        std::memcpy(to.k + (bh * n + r) * d, k + r * stride, d * sizeof(float));
-        std::memcpy(to.v + (bh * n + r) * d, v + r * stride, d * sizeof(float));
-      }
+      if (to.cls != nullptr) std::memcpy(to.cls + bh * n, p, n * sizeof(float));
     }
   });
+  if (to.cls != nullptr) mindppt::SummariseKeysValues(qkv, batch, n, width, heads, to.keys, to.norms);
   return 0;
 }
 
@@ -204,7 +202,8 @@ extern "C" int MindpptSizeAttention(int nparam, void **params, int *ndims, int64
                 Outputs(params, 3, false));
 }
 
-// as MindpptAttention, and also the class token's probabilities (B, H, 1, N), keys and values (B, H, N, D)
+// as MindpptAttention, and also the class token's probabilities (B, H, 1, N), the head-summed keys
+// (B, N, C / H) and the value norms (B, N)
 extern "C" int MindpptAttentionInternals(int nparam, void **params, int *ndims, int64_t **shapes,
                                          const char **dtypes, void *stream, void *extra) {
   return Attend(params, shapes, nullptr, static_cast<const float *>(params[1]), Outputs(params, 2, true));

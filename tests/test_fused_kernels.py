@@ -188,12 +188,13 @@ def test_compression_kernels_follow_the_reference(library, num_protected):
 @pytest.mark.parametrize("num_protected", [1, 2])
 def test_pool_plan_at_model_size_follows_the_reference(library, num_protected):
     """At a DeiT-S block's size the matching is shared between the kernel threads, the split falling
-    inside an image: each pooled image's kept positions are still exactly the reference's."""
-    batch, heads, tokens, dim, r = 3, 6, 197, 64, 50
+    inside an image, and the batch is matched in groups (its buffers hold 9 such images at a time): each
+    pooled image's kept positions are still exactly the reference's."""
+    batch, heads, tokens, dim, r = 21, 6, 197, 64, 50
     x, attn, qkv, k, v, size = _random_block(batch, heads, tokens, dim, 8)
     keys, _ = _summary(library, qkv, heads)
     _, plan, _, _, _ = fused_cpu.compression_ops(tokens - r, library)
-    pooled = np.array([1, 1, 0], np.float32)
+    pooled = np.tile(f32([1, 1, 0]), batch // 3)
     scores = f32(RNG.random((batch, tokens)))
     protect = ms.Tensor(np.array([num_protected], np.float32))
     kept, _ = (o.asnumpy() for o in plan(t(scores), t(variance_for(pooled)), HALF, t(keys), protect))

@@ -38,6 +38,7 @@ void PlanPrune(const float *scores, const Plan &p) {
 // positions, B = odd positions; the class token's row (and a distillation token's column) cannot match.
 // The matching runs in three passes, so that one image's similarity rows are shared between threads too.
 constexpr int64_t kTileRows = 4, kTileColumns = 16;  // a register tile of similarities (8 AVX-512 registers)
+constexpr int64_t kMatchingBytes = int64_t{1} << 20;
 
 struct Matching {
   int64_t tokens, num_a, num_b, dim, first_b;  // first_b: 1 when a distillation token is protected
@@ -222,42 +223,49 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
   const int64_t stride = (num_b + kTileColumns - 1) / kTileColumns * kTileColumns;
   const int64_t tiles = (num_a - 1 + kTileRows - 1) / kTileRows;  // per image, from A token 1
-  // the calling thread's buffers (reused: a fresh multi-megabyte allocation faults its pages in each call)
+  // The matching's buffers hold a group of images at a time, about kMatchingBytes: sized for the whole batch
+  // they grew with it (13 MB for the digits ViT at batch 2048, more than its tokens). The calling thread
+  // keeps them between calls (a fresh multi-megabyte allocation faults its pages in each call).
+  const int64_t per_image = (num_a * dim + dim * stride + num_a) * sizeof(double) + num_a * sizeof(int32_t);
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(batch, kMatchingBytes / per_image));
   thread_local std::vector<double> a_rows, b_columns, best;
   thread_local std::vector<int32_t> match;
   thread_local std::vector<char> pooled_images;
   pooled_images.resize(batch);
   for (int64_t b = 0; b < batch; ++b) pooled_images[b] = variance[b] < threshold;
-  const char *pooled = pooled_images.data();
-  a_rows.resize(batch * num_a * dim);
-  b_columns.resize(batch * dim * stride);
-  best.resize(batch * num_a);
-  match.resize(batch * num_a);
+  a_rows.resize(group * num_a * dim);
+  b_columns.assign(group * dim * stride, 0.0);  // the tiles' padding stays zero
+  best.resize(group * num_a);
+  match.resize(group * num_a);
   const Matching m{tokens, num_a, num_b, dim, protect == 2 ? 1 : 0, stride,
                    a_rows.data(), b_columns.data(), best.data(), match.data()};
-  for (int64_t column = 0; column < batch * dim; ++column)  // the tiles' padding
-    std::fill(b_columns.begin() + column * stride + num_b, b_columns.begin() + (column + 1) * stride, 0.0);
-  mindppt::ParallelFor(batch * tokens, dim, [=](unsigned, int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t image = row / tokens;
-      if (pooled[image]) NormalisedKey(keys + image * tokens * dim, m, image, row % tokens);
-    }
-  });
-  mindppt::ParallelFor(batch * tiles, kTileRows * num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / tiles, first = 1 + item % tiles * kTileRows;
-      if (pooled[image]) BestMatches(m, image, first, std::min(kTileRows, num_a - first));
-    }
-  });
-  mindppt::ParallelFor(batch, tokens * 16, [=](unsigned, int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const Plan plan{tokens, out, protect, kept + b * out, dest + b * tokens};
-      if (pooled[b])
-        PlanPool(m, b, plan);
-      else
-        PlanPrune(scores + b * tokens, plan);
-    }
-  });
+  for (int64_t first = 0; first < batch; first += group) {
+    const int64_t count = std::min(group, batch - first);  // images first .. first + count - 1
+    const char *pooled = pooled_images.data() + first;
+    const float *group_keys = keys + first * tokens * dim;
+    mindppt::ParallelFor(count * tokens, dim, [=](unsigned, int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t image = row / tokens;
+        if (pooled[image]) NormalisedKey(group_keys + image * tokens * dim, m, image, row % tokens);
+      }
+    });
+    mindppt::ParallelFor(count * tiles, kTileRows * num_b * dim, [=](unsigned, int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t image = item / tiles, a = 1 + item % tiles * kTileRows;
+        if (pooled[image]) BestMatches(m, image, a, std::min(kTileRows, num_a - a));
+      }
+    });
+    mindppt::ParallelFor(count, tokens * 16, [=](unsigned, int64_t begin, int64_t end) {
+      for (int64_t image = begin; image < end; ++image) {
+        const int64_t b = first + image;
+        const Plan plan{tokens, out, protect, kept + b * out, dest + b * tokens};
+        if (pooled[image])
+          PlanPool(m, image, plan);
+        else
+          PlanPrune(scores + b * tokens, plan);
+      }
+    });
+  }
   return 0;
 }
 

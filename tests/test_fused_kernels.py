@@ -59,7 +59,10 @@ def test_layer_norm_forward_and_backward_against_float64(library):
     a, c = g.mean(-1, keepdims=True), (g * xhat).mean(-1, keepdims=True)
     exact_dx = rstd * (g - a - xhat * c)
     spread = (np.abs(x) + np.abs(mean)) * rstd  # the rounding of x - mean, carried by xhat
-    assert np.all(np.abs(dx - exact_dx) <= 16 * U32 * rstd * (np.abs(g) + np.abs(a) + spread * np.abs(c)))
+    # c is a mean of g * xhat over rounded xhat: its error scales with the row's mean of |g| * spread, not
+    # with |c| (which cancellation can make small)
+    c_error = (np.abs(g) * spread).mean(-1, keepdims=True)
+    assert np.all(np.abs(dx - exact_dx) <= 16 * U32 * rstd * (np.abs(g) + np.abs(a) + spread * (np.abs(c) + c_error)))
     rows = dy.reshape(-1, 384), xhat.reshape(-1, 384)
     spread = spread.reshape(-1, 384)
     assert np.all(np.abs(dw - (rows[0] * rows[1]).sum(0)) <= 8 * U32 * np.abs(rows[0] * spread).sum(0))

@@ -379,13 +379,13 @@ def _onednn_loaded():
 
 
 def linear_ops(library=None):
-    """``(linear, linear_residual, linear_gelu)`` on rows, or None: linear(x (R, K), w (N, K), b (N)) ->
-    x w^T + b; linear_residual(x, w, b, residual (R, N)) -> residual + x w^T + b; linear_gelu(x, w, b) ->
-    gelu(x w^T + b). Forward only: the cells of :mod:`.vit` give their gradients."""
+    """``(linear, linear_residual, linear_gelu)``, or None: linear(x (..., K), w (N, K), b (N)) -> x w^T + b
+    (..., N), every leading axis a row; linear_residual(x, w, b, residual (..., N)) -> residual + x w^T + b;
+    linear_gelu(x, w, b) -> gelu(x w^T + b). Forward only: the cells of :mod:`.vit` give their gradients."""
     library = library or library_path()
     if library is None or not _onednn_loaded():
         return None
-    rows = lambda x, w, *_: (x[0], w[0])
+    rows = lambda x, w, *_: (*x[:-1], w[0])
     return (_custom(library, "MindpptLinear", rows, _first), _custom(library, "MindpptLinearResidual", rows, _first),
             _custom(library, "MindpptLinearGelu", rows, _first))
 

@@ -253,9 +253,9 @@ class GELU(_Float32Kernels, nn.Cell):
 
 
 class _LinearFn(nn.Cell):
-    """``x @ w^T + b`` on rows: the gemm kernel when given (:func:`.fused_cpu.linear_ops`), else MatMul and
-    BiasAdd; the bias gradient is a matmul with ones (MindSpore's CPU BiasAddGrad, a reduction over the
-    rows, took 13% of a PPT DeiT-S training step)."""
+    """``x @ w^T + b``: the gemm kernel when given (:func:`.fused_cpu.linear_ops`; any leading axes), else
+    MatMul and BiasAdd on rows; the bias gradient is a matmul with ones (MindSpore's CPU BiasAddGrad, a
+    reduction over the rows, took 13% of a PPT DeiT-S training step)."""
 
     def __init__(self, kernel=None):
         super().__init__()
@@ -271,9 +271,10 @@ class _LinearFn(nn.Cell):
         return self.bias_add(self.matmul(x, weight), bias)
 
     def bprop(self, x, weight, bias, out, dout):
-        ones = ops.ones((1, x.shape[0]), dout.dtype)
-        return (self.grad_input(dout, weight), self.grad_weight(dout, x),
-                self.grad_input(ones, dout).reshape(bias.shape))
+        rows, grad = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
+        ones = ops.ones((1, rows.shape[0]), dout.dtype)
+        return (self.grad_input(grad, weight).reshape(x.shape), self.grad_weight(grad, rows),
+                self.grad_input(ones, grad).reshape(bias.shape))
 
 
 class _PatchLinear(_LinearFn):
@@ -305,7 +306,7 @@ class _LinearGelu(_LinearFn):
         self.gelu = gelu
 
     def bprop(self, x, weight, bias, out, dout):
-        pre = self.bias_add(self.matmul(x, weight), bias)
+        pre = self.bias_add(self.matmul(x.reshape(-1, x.shape[-1]), weight), bias).reshape(out.shape)
         return super().bprop(x, weight, bias, out, self.gelu.bprop(pre, out, dout)[0])
 
 
@@ -326,30 +327,31 @@ class Linear(_Float32Kernels, nn.Dense):
         self.fn_gelu = _LinearGelu(kernels[2], gelu) if kernels is not None and gelu is not None else None
 
     def construct(self, x, residual=None):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        fused = self.fn is not None and self.float32_kernels and x.dtype == ms.float32
-        if residual is not None:
-            rows = residual.reshape(x.shape[0], -1)
-            if self.fn_residual is not None and fused and rows.dtype == ms.float32:
-                x = self.fn_residual(x, self.weight, self.bias, rows)
-            else:
-                x = self._rows(x, fused) + rows
-        elif self.fn_gelu is not None and fused and not self.training:
-            x = self.fn_gelu(x, self.weight, self.bias)
-        else:
-            x = self._rows(x, fused)
-        return x.reshape(shape[:-1] + (x.shape[-1],))
+        # The gemm kernels take the leading axes as they are: a Reshape pair and its shape arithmetic cost
+        # MindSpore's compiler about 1.6 MB per layer (13 MB per block with the branches they sat in).
+        if self.fn is None or not self.float32_kernels or x.dtype != ms.float32:
+            return self._portable(x, residual)
+        if residual is None:
+            if self.fn_gelu is not None and not self.training:
+                return self.fn_gelu(x, self.weight, self.bias)
+            return self._activate(self.fn(x, self.weight, self.bias))
+        if self.fn_residual is not None and residual.dtype == ms.float32:
+            return self.fn_residual(x, self.weight, self.bias, residual)
+        return self._activate(self.fn(x, self.weight, self.bias)) + residual
 
-    def _rows(self, x, fused):
-        if fused:
-            x = self.fn(x, self.weight, self.bias)
-        else:
-            x = self.matmul(x, self.weight)
-            if self.has_bias:
-                x = self.bias_add(x, self.bias)
+    def _activate(self, x):
         if self.gelu is not None:
-            x = self.gelu(x)
+            return self.gelu(x)
+        return x
+
+    def _portable(self, x, residual):
+        shape = x.shape
+        x = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.has_bias:
+            x = self.bias_add(x, self.bias)
+        x = self._activate(x).reshape(shape[:-1] + (x.shape[-1],))
+        if residual is not None:
+            return x + residual
         return x
 
 
@@ -513,7 +515,6 @@ class Attention(nn.Cell):
 
     def construct(self, x, size, residual=None):
         """``residual``: added to the output (inference, where dropout is the identity)."""
-        b, n, c = x.shape
         qkv = self.qkv(x)
         if (self.fused is not None and not self.training and qkv.dtype == ms.float32
                 and self.softmax.float32_kernels):
@@ -525,6 +526,9 @@ class Attention(nn.Cell):
             if residual is None:
                 return self.proj_drop(self.proj(out)), attn, keys, norms
             return self.proj(out, residual), attn, keys, norms
+        # step by step (training, and where the whole-attention kernel is not used); not in a method of its
+        # own, whose inputs a float32 shell's mixed-precision flag would cast (pin_ppt_precision)
+        b, n, c3 = qkv.shape
         fused = self.split_qkv is not None and qkv.dtype == ms.float32
         if fused:
             q, k, v = self.split_qkv(qkv)
@@ -543,9 +547,9 @@ class Attention(nn.Cell):
         else:
             out = self.av(self.attn_drop(attn), v)
             if fused and out.dtype == ms.float32:
-                out = self.merge_heads(out).reshape(b, n, c)
+                out = self.merge_heads(out).reshape(b, n, c3 // 3)
             else:
-                out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
+                out = out.transpose(0, 2, 1, 3).reshape(b, n, c3 // 3)
         if residual is None:
             return self.proj_drop(self.proj(out)), attn, keys, norms
         return self.proj(out, residual), attn, keys, norms

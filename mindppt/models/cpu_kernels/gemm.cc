@@ -56,7 +56,7 @@ void LinearTile(const float *x, const float *w, const float *bias, const float *
 // x (R, K), w (N, K), y (R, N): each thread computes a block of rows (kRowSplitRows rows or more) or else
 // a block of columns.
 template <typename Epilogue>
-int Linear(void **params, int64_t **shapes, bool with_residual, Epilogue epilogue) {
+int Linear(void **params, int *ndims, int64_t **shapes, bool with_residual, Epilogue epilogue) {
   const Sgemm sgemm = FindSgemm();
   if (sgemm == nullptr) return 1;
   const float *x = static_cast<const float *>(params[0]);
@@ -64,7 +64,9 @@ int Linear(void **params, int64_t **shapes, bool with_residual, Epilogue epilogu
   const float *bias = static_cast<const float *>(params[2]);
   const float *residual = with_residual ? static_cast<const float *>(params[3]) : nullptr;
   float *y = static_cast<float *>(params[with_residual ? 4 : 3]);
-  const int64_t rows = shapes[0][0], depth = shapes[0][1], width = shapes[1][0];
+  // x (..., K): every leading axis is a row
+  const int64_t rows = mindppt::NumElements(ndims[0] - 1, shapes[0]), depth = shapes[0][ndims[0] - 1];
+  const int64_t width = shapes[1][0];
   if (rows >= kRowSplitRows) {
     mindppt::ParallelFor(rows, width * depth, [=](unsigned, int64_t first, int64_t last) {
       LinearTile(x, w, bias, residual, y, depth, width, first, last, 0, width, sgemm, epilogue);
@@ -83,22 +85,22 @@ void NoEpilogue(float *, int64_t) {}
 
 }  // namespace
 
-// x (R, K), w (N, K), b (N) -> y (R, N) = x w^T + b
+// x (..., K), w (N, K), b (N) -> y (..., N) = x w^T + b
 extern "C" int MindpptLinear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                              void *stream, void *extra) {
-  return Linear(params, shapes, false, NoEpilogue);
+  return Linear(params, ndims, shapes, false, NoEpilogue);
 }
 
-// x, w, b, residual (R, N) -> residual + x w^T + b
+// x, w, b, residual (..., N) -> residual + x w^T + b
 extern "C" int MindpptLinearResidual(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                      void *stream, void *extra) {
-  return Linear(params, shapes, true, NoEpilogue);
+  return Linear(params, ndims, shapes, true, NoEpilogue);
 }
 
 // x, w, b -> gelu(x w^T + b), the GELU of gelu.cc
 extern "C" int MindpptLinearGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *stream, void *extra) {
-  return Linear(params, shapes, false, mindppt::GeluInPlace);
+  return Linear(params, ndims, shapes, false, mindppt::GeluInPlace);
 }
 
 // q (B, H, N, D), k (B, H, M, D) -> q k^T (B, H, N, M)

@@ -328,7 +328,7 @@ class Linear(_Float32Kernels, nn.Dense):
 
     def construct(self, x, residual=None):
         # The gemm kernels take the leading axes as they are: a Reshape pair and its shape arithmetic cost
-        # MindSpore's compiler about 1.6 MB per layer (13 MB per block with the branches they sat in).
+        # MindSpore's compiler about 1 MB per layer (docs/performance.md, "What compiling a model costs").
         if self.fn is None or not self.float32_kernels or x.dtype != ms.float32:
             return self._portable(x, residual)
         if residual is None:

@@ -223,9 +223,9 @@ extern "C" int MindpptCompressionPlan(int nparam, void **params, int *ndims, int
   const int64_t num_a = (tokens + 1) / 2, num_b = tokens / 2;
   const int64_t stride = (num_b + kTileColumns - 1) / kTileColumns * kTileColumns;
   const int64_t tiles = (num_a - 1 + kTileRows - 1) / kTileRows;  // per image, from A token 1
-  // The matching's buffers hold a group of images at a time, about kMatchingBytes: sized for the whole batch
-  // they grew with it (13 MB for the digits ViT at batch 2048, more than its tokens). The calling thread
-  // keeps them between calls (a fresh multi-megabyte allocation faults its pages in each call).
+  // The matching's buffers hold a group of images at a time, about kMatchingBytes, so that they do not grow
+  // with the batch (each calling thread keeps its own). They are kept between calls: a fresh multi-megabyte
+  // allocation faults its pages in each call.
   const int64_t per_image = (num_a * dim + dim * stride + num_a) * sizeof(double) + num_a * sizeof(int32_t);
   const int64_t group = std::max<int64_t>(1, std::min<int64_t>(batch, kMatchingBytes / per_image));
   thread_local std::vector<double> a_rows, b_columns, best;

@@ -143,8 +143,8 @@ namespace {
 
 // Where the fused attention writes: the merged heads y (B, N, C), and for a compression block also the
 // class token's probabilities (B, H, 1, N), the head-summed keys (B, N, D) and the value norms (B, N)
-// (SummariseKeysValues): a few numbers per token instead of a copy of the keys and values, which had made
-// that moment a small model's memory peak.
+// (SummariseKeysValues): what the compression reads, a fraction of a token tensor, where copies of the keys
+// and values would be two token tensors alive at the attention's memory peak.
 struct AttentionOutputs {
   float *y, *cls, *keys, *norms;
 };

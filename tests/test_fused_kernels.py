@@ -278,8 +278,9 @@ def _product_bound(a, b):
 
 
 def test_gemm_kernels_against_float64(library):
-    """The linear layer (plain, with the skip connection, with the GELU) and the two attention products,
-    each within the float32 bound of a K-term dot product of the float64 result; the heads come out merged."""
+    """The linear layer (plain, with the skip connection, with the GELU), its input, weight and bias gradients
+    and the two attention products, each within the float32 bound of a K-term dot product of the float64
+    result (the bias gradient, summed in double, within one rounding); the heads come out merged."""
     rng = np.random.default_rng(1)  # its own stream: the other tests' inputs stay as they were
     linear, linear_residual, linear_gelu = fused_cpu.linear_ops(library)
     scores, values = fused_cpu.attention_ops(library)
@@ -297,6 +298,20 @@ def test_gemm_kernels_against_float64(library):
         gelu = linear_gelu(t(x), t(w), t(b)).asnumpy().astype(np.float64)
         # the pre-activation's rounding carried through |gelu'| <= 1.13, then the GELU's own bound
         assert np.all(np.abs(gelu - exact_gelu(pre)) <= 1.13 * bound + gelu_tolerance(pre))
+    input_grad, weight_grad = fused_cpu.linear_grad_ops(library)
+    # the gradients, with the rows as two leading axes: 203 rows split dx's columns, 517 its rows; dw is split
+    # by its rows (131: not a multiple of a block); the patch projection's weight (N, C, P, P) is read as (N, K)
+    for batch, tokens in ((7, 29), (11, 47)):
+        dy = f32(rng.standard_normal((batch, tokens, 131))).astype(np.float64)
+        x = f32(rng.standard_normal((batch, tokens, 96))).astype(np.float64)
+        dx = input_grad(t(dy), t(w.reshape(131, 6, 4, 4))).asnumpy()
+        assert dx.shape == (batch, tokens, 96)
+        assert np.all(np.abs(dx - dy @ w) <= _product_bound(dy, w.T))
+        dw, db = (g.asnumpy() for g in weight_grad(t(dy), t(x)))
+        rows_dy, rows_x = dy.reshape(-1, 131), x.reshape(-1, 96)
+        assert np.all(np.abs(dw - rows_dy.T @ rows_x) <= _product_bound(rows_dy.T, rows_x.T))
+        double_sum_error = rows_dy.shape[0] * 2.0 ** -53 * np.abs(rows_dy).sum(0)
+        assert np.all(np.abs(db - rows_dy.sum(0)) <= U32 * np.abs(rows_dy.sum(0)) + 2 * double_sum_error)
     q = f32(rng.standard_normal((2, 3, 29, 16))).astype(np.float64)
     k = f32(rng.standard_normal((2, 3, 23, 16))).astype(np.float64)
     assert np.all(np.abs(scores(t(q), t(k)).asnumpy() - q @ np.swapaxes(k, -1, -2)) <= _product_bound(q, k))

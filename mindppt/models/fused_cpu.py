@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -388,6 +389,18 @@ def linear_ops(library=None):
     rows = lambda x, w, *_: (*x[:-1], w[0])
     return (_custom(library, "MindpptLinear", rows, _first), _custom(library, "MindpptLinearResidual", rows, _first),
             _custom(library, "MindpptLinearGelu", rows, _first))
+
+
+def linear_grad_ops(library=None):
+    """``(input_grad, weight_grad)``, or None: the gradients of :func:`linear_ops`' product for its output
+    gradient dy (..., N). input_grad(dy, w (N, ...)) -> dy w (..., K), w read as (N, K); weight_grad(dy,
+    x (..., K)) -> (dy^T x (N, K), dy summed over its rows (N,)), every leading axis a row."""
+    library = library or library_path()
+    if library is None or not _onednn_loaded():
+        return None
+    return (_custom(library, "MindpptLinearGradInput", lambda dy, w: (*dy[:-1], math.prod(w[1:])), _first),
+            _custom(library, "MindpptLinearGradWeight", lambda dy, x: ((dy[-1], x[-1]), (dy[-1],)),
+                    lambda dy, x: (dy, dy)))
 
 
 def attention_ops(library=None):

@@ -104,7 +104,7 @@ class PatchEmbed(_Float32Kernels, nn.Cell):
                               pad_mode="valid", has_bias=True)
         self.matmul = ops.MatMul(transpose_b=True)
         linear = fused_cpu.linear_ops()
-        self.linear = _PatchLinear(linear[0]) if linear is not None else None
+        self.linear = _PatchLinear(linear[0], fused_cpu.linear_grad_ops()) if linear is not None else None
         patchify = fused_cpu.patchify_op(patch_size)
         self.patchify = _UnaryKernel(patchify, self_adjoint=False) if patchify is not None else None
 
@@ -254,12 +254,14 @@ class GELU(_Float32Kernels, nn.Cell):
 
 class _LinearFn(nn.Cell):
     """``x @ w^T + b``: the gemm kernel when given (:func:`.fused_cpu.linear_ops`; any leading axes), else
-    MatMul and BiasAdd on rows; the bias gradient is a matmul with ones (MindSpore's CPU BiasAddGrad, a
+    MatMul and BiasAdd on rows. The gradients: the gemm kernels of :func:`.fused_cpu.linear_grad_ops` when
+    given (``grads``), else MatMul, the bias gradient as a matmul with ones (MindSpore's CPU BiasAddGrad, a
     reduction over the rows, took 13% of a PPT DeiT-S training step)."""
 
-    def __init__(self, kernel=None):
+    def __init__(self, kernel=None, grads=None):
         super().__init__()
         self.kernel = kernel
+        self.input_grad_kernel, self.weight_grad_kernel = grads if grads is not None else (None, None)
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.grad_input = ops.MatMul()
@@ -271,6 +273,9 @@ class _LinearFn(nn.Cell):
         return self.bias_add(self.matmul(x, weight), bias)
 
     def bprop(self, x, weight, bias, out, dout):
+        if self.input_grad_kernel is not None:
+            grad_weight, grad_bias = self.weight_grad_kernel(dout, x)
+            return self.input_grad_kernel(dout, weight), grad_weight, grad_bias
         rows, grad = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
         ones = ops.ones((1, rows.shape[0]), dout.dtype)
         return (self.grad_input(grad, weight).reshape(x.shape), self.grad_weight(grad, rows),
@@ -282,7 +287,10 @@ class _PatchLinear(_LinearFn):
     MindSpore's Reshape of the weight copied it on every forward."""
 
     def bprop(self, x, weight, bias, out, dout):
-        dx, dw, db = super().bprop(x, weight.reshape(weight.shape[0], -1), bias, out, dout)
+        if self.input_grad_kernel is not None:
+            dx, dw, db = super().bprop(x, weight, bias, out, dout)
+        else:
+            dx, dw, db = super().bprop(x, weight.reshape(weight.shape[0], -1), bias, out, dout)
         return dx, dw.reshape(weight.shape), db
 
 
@@ -301,8 +309,8 @@ class _LinearGelu(_LinearFn):
     """``gelu(x @ w^T + b)`` in one gemm kernel (inference). Its gradient recomputes the pre-activation,
     which is why training takes the linear kernel and then the GELU, which keeps it."""
 
-    def __init__(self, kernel, gelu):
-        super().__init__(kernel)
+    def __init__(self, kernel, gelu, grads=None):
+        super().__init__(kernel, grads)
         self.gelu = gelu
 
     def bprop(self, x, weight, bias, out, dout):
@@ -322,9 +330,10 @@ class Linear(_Float32Kernels, nn.Dense):
         self.gelu = gelu
         on_cpu = has_bias and fused_cpu.library_path() is not None
         kernels = fused_cpu.linear_ops() if on_cpu else None
-        self.fn = _LinearFn(kernels[0] if kernels is not None else None) if on_cpu else None
-        self.fn_residual = _LinearResidual(kernels[1]) if kernels is not None and gelu is None else None
-        self.fn_gelu = _LinearGelu(kernels[2], gelu) if kernels is not None and gelu is not None else None
+        grads = fused_cpu.linear_grad_ops() if kernels is not None else None
+        self.fn = _LinearFn(kernels[0] if kernels is not None else None, grads) if on_cpu else None
+        self.fn_residual = _LinearResidual(kernels[1], grads) if kernels is not None and gelu is None else None
+        self.fn_gelu = _LinearGelu(kernels[2], gelu, grads) if kernels is not None and gelu is not None else None
 
     def construct(self, x, residual=None):
         # The gemm kernels take the leading axes as they are: a Reshape pair and its shape arithmetic cost

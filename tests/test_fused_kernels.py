@@ -283,7 +283,7 @@ def test_gemm_kernels_against_float64(library):
     result (the bias gradient, summed in double, within one rounding); the heads come out merged."""
     rng = np.random.default_rng(1)  # its own stream: the other tests' inputs stay as they were
     linear, linear_residual, linear_gelu = fused_cpu.linear_ops(library)
-    scores, values = fused_cpu.attention_ops(library)
+    scores, values, scores_grad, values_grad = fused_cpu.attention_ops(library)
     w = f32(rng.standard_normal((131, 96)) / 10).astype(np.float64)
     b = f32(rng.standard_normal(131)).astype(np.float64)
     # 203 rows: the threads split the columns; 517: they split the rows. Neither is a multiple of a block.
@@ -322,6 +322,18 @@ def test_gemm_kernels_against_float64(library):
     assert merged.shape == (2, 29, 48)
     bound = _product_bound(attn, np.swapaxes(v, -1, -2))
     assert np.all(np.abs(merged.reshape(2, 29, 3, 16).transpose(0, 2, 1, 3) - heads) <= bound)
+    # the gradients: of the scores for dout (B, H, N, M); of the values for dout with the heads merged
+    dout = f32(rng.standard_normal((2, 3, 29, 23))).astype(np.float64)
+    dq, dk = (g.asnumpy() for g in scores_grad(t(dout), t(q), t(k)))
+    assert np.all(np.abs(dq - dout @ k) <= _product_bound(dout, np.swapaxes(k, -1, -2)))
+    dout_t = np.swapaxes(dout, -1, -2)
+    assert np.all(np.abs(dk - dout_t @ q) <= _product_bound(dout_t, np.swapaxes(q, -1, -2)))
+    dmerged = f32(rng.standard_normal((2, 29, 48))).astype(np.float64)
+    dheads = dmerged.reshape(2, 29, 3, 16).transpose(0, 2, 1, 3)
+    dattn, dv = (g.asnumpy() for g in values_grad(t(dmerged), t(attn), t(v)))
+    assert np.all(np.abs(dattn - dheads @ np.swapaxes(v, -1, -2)) <= _product_bound(dheads, v))
+    assert np.all(np.abs(dv - np.swapaxes(attn, -1, -2) @ dheads)
+                  <= _product_bound(np.swapaxes(attn, -1, -2), np.swapaxes(dheads, -1, -2)))
 
 
 @pytest.mark.parametrize("with_sizes", [False, True])

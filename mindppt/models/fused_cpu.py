@@ -403,14 +403,23 @@ def linear_grad_ops(library=None):
                     lambda dy, x: (dy, dy)))
 
 
+def _inputs_after_first(dout, *inputs):
+    """Shapes (or dtypes) of a backward kernel's outputs: one gradient per forward input."""
+    return inputs
+
+
 def attention_ops(library=None):
-    """``(scores, values)``, or None: scores(q (B, H, N, D), k (B, H, M, D)) -> q k^T (B, H, N, M);
-    values(attn (B, H, N, M), v (B, H, M, D)) -> attn v with the heads merged, (B, N, H * D). Forward only."""
+    """``(scores, values, scores_grad, values_grad)``, or None: scores(q (B, H, N, D), k (B, H, M, D)) -> q k^T
+    (B, H, N, M); values(attn (B, H, N, M), v (B, H, M, D)) -> attn v with the heads merged, (B, N, H * D);
+    scores_grad(dout, q, k) -> (dq, dk) and values_grad(dout (B, N, H * D), attn, v) -> (dattn, dv), their
+    gradients."""
     library = library or library_path()
     if library is None or not _onednn_loaded():
         return None
     return (_custom(library, "MindpptAttentionScores", lambda q, k: (q[0], q[1], q[2], k[2]), _first),
-            _custom(library, "MindpptAttentionValues", lambda a, v: (a[0], a[2], a[1] * v[3]), _first))
+            _custom(library, "MindpptAttentionValues", lambda a, v: (a[0], a[2], a[1] * v[3]), _first),
+            _custom(library, "MindpptAttentionScoresGrad", _inputs_after_first, _inputs_after_first),
+            _custom(library, "MindpptAttentionValuesGrad", _inputs_after_first, _inputs_after_first))
 
 
 def fused_attention_ops(num_heads, internals=False, library=None):

@@ -395,40 +395,35 @@ class _FusedSplitQkv(nn.Cell):
 
 
 class _AttentionScores(nn.Cell):
-    """``q @ k^T`` per (batch, head) in one gemm kernel: (B, H, N, D), (B, H, M, D) -> (B, H, N, M)."""
+    """``q @ k^T`` per (batch, head) in one gemm kernel: (B, H, N, D), (B, H, M, D) -> (B, H, N, M); its
+    gradient in another."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, grad_kernel):
         super().__init__()
-        self.kernel = kernel
-        self.matmul = ops.BatchMatMul()
-        self.matmul_ta = ops.BatchMatMul(transpose_a=True)
+        self.kernel, self.grad_kernel = kernel, grad_kernel
 
     def construct(self, q, k):
         return self.kernel(q, k)
 
     def bprop(self, q, k, out, dout):
-        return self.matmul(dout, k), self.matmul_ta(dout, q)
+        dq, dk = self.grad_kernel(dout, q, k)
+        return dq, dk
 
 
 class _AttentionValues(nn.Cell):
     """``attn @ v`` per (batch, head) in one gemm kernel that writes the heads merged: (B, H, N, M),
-    (B, H, M, D) -> (B, N, H * D)."""
+    (B, H, M, D) -> (B, N, H * D); its gradient in another, which reads the heads where they are."""
 
-    def __init__(self, kernel, split_heads):
+    def __init__(self, kernel, grad_kernel):
         super().__init__()
-        self.kernel = kernel
-        self.split_heads = split_heads  # (B, N, H, D) -> (B, H, N, D)
-        self.matmul_ta = ops.BatchMatMul(transpose_a=True)
-        self.matmul_tb = ops.BatchMatMul(transpose_b=True)
+        self.kernel, self.grad_kernel = kernel, grad_kernel
 
     def construct(self, attn, v):
         return self.kernel(attn, v)
 
     def bprop(self, attn, v, out, dout):
-        b, n, c = dout.shape
-        heads = attn.shape[1]
-        grad = self.split_heads(dout.reshape(b, n, heads, c // heads))
-        return self.matmul_tb(grad, v), self.matmul_ta(attn, grad)
+        dattn, dv = self.grad_kernel(dout, attn, v)
+        return dattn, dv
 
 
 class _FusedAttention(nn.Cell):
@@ -492,8 +487,8 @@ class Attention(nn.Cell):
         self.split_qkv = _FusedSplitQkv(split, self.scale) if split is not None else None
         self.merge_heads = _UnaryKernel(swap, self_adjoint=True) if swap is not None else None
         gemm = fused_cpu.attention_ops() if split is not None else None
-        self.scores = _AttentionScores(gemm[0]) if gemm is not None else None
-        self.values = _AttentionValues(gemm[1], swap) if gemm is not None else None
+        self.scores = _AttentionScores(gemm[0], gemm[2]) if gemm is not None else None
+        self.values = _AttentionValues(gemm[1], gemm[3]) if gemm is not None else None
         self.internals = internals
         self.setting = Tensor(np.array([num_heads, self.scale], np.float32))
         self.summarise = fused_cpu.keys_and_value_norms_op(num_heads) if internals else None

@@ -193,6 +193,51 @@ extern "C" int MindpptAttentionValues(int nparam, void **params, int *ndims, int
   return 0;
 }
 
+// dout (B, H, N, M), q (B, H, N, D), k (B, H, M, D) -> dq = dout k (B, H, N, D), dk = dout^T q (B, H, M, D):
+// the gradients of MindpptAttentionScores
+extern "C" int MindpptAttentionScoresGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  if (sgemm == nullptr) return 1;
+  const float *dout = static_cast<const float *>(params[0]);
+  const float *q = static_cast<const float *>(params[1]);
+  const float *k = static_cast<const float *>(params[2]);
+  float *dq = static_cast<float *>(params[3]);
+  float *dk = static_cast<float *>(params[4]);
+  const int64_t heads = shapes[0][0] * shapes[0][1], n = shapes[0][2], m = shapes[0][3], d = shapes[1][3];
+  mindppt::ParallelFor(heads, 2 * n * m * d / 64, [=](unsigned, int64_t first, int64_t last) {
+    for (int64_t h = first; h < last; ++h) {
+      sgemm('N', 'N', n, d, m, 1.0f, dout + h * n * m, m, k + h * m * d, d, 0.0f, dq + h * n * d, d);
+      sgemm('T', 'N', m, d, n, 1.0f, dout + h * n * m, m, q + h * n * d, d, 0.0f, dk + h * m * d, d);
+    }
+  });
+  return 0;
+}
+
+// dout (B, N, H * D) with the heads merged, attn (B, H, N, M), v (B, H, M, D) -> dattn = dout_h v^T
+// (B, H, N, M) and dv = attn^T dout_h (B, H, M, D): the gradients of MindpptAttentionValues, each head's
+// columns of dout read in place (no head split)
+extern "C" int MindpptAttentionValuesGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  const Sgemm sgemm = FindSgemm();
+  if (sgemm == nullptr) return 1;
+  const float *dout = static_cast<const float *>(params[0]);
+  const float *attn = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  float *dattn = static_cast<float *>(params[3]);
+  float *dv = static_cast<float *>(params[4]);
+  const int64_t batch = shapes[1][0], heads = shapes[1][1], n = shapes[1][2], m = shapes[1][3], d = shapes[2][3];
+  const int64_t width = heads * d;
+  mindppt::ParallelFor(batch * heads, 2 * n * m * d / 64, [=](unsigned, int64_t first, int64_t last) {
+    for (int64_t bh = first; bh < last; ++bh) {
+      const float *g = dout + (bh / heads) * n * width + (bh % heads) * d;
+      sgemm('N', 'T', n, m, d, 1.0f, g, width, v + bh * m * d, d, 0.0f, dattn + bh * n * m, m);
+      sgemm('T', 'N', m, d, n, 1.0f, attn + bh * n * m, m, g, width, 0.0f, dv + bh * m * d, d);
+    }
+  });
+  return 0;
+}
+
 namespace {
 
 // Where the fused attention writes: the merged heads y (B, N, C), and for a compression block also the

@@ -15,7 +15,7 @@ from model_helpers import U32, SumOf, exact_gelu, gelu_tolerance, sharpen_attent
 from ppt_reference import pool, prune, significance_scores
 
 from mindppt.models import create_model, fused_cpu
-from mindppt.models.vit import GELU, Attention, LayerNorm, Linear, Softmax
+from mindppt.models.vit import GELU, Attention, DropPath, LayerNorm, Linear, Softmax
 
 RNG = np.random.default_rng(0)
 
@@ -244,6 +244,31 @@ def test_cells_take_the_fused_path_in_float32_and_match_the_portable_cells():
     ya = fused_softmax(ms.Tensor(logits), ms.Tensor(size)).asnumpy()
     yb = portable_softmax(ms.Tensor(logits), ms.Tensor(size)).asnumpy()
     assert np.abs(ya - yb).max() <= 64 * U32
+
+
+def test_drop_path_kernel_scales_samples_as_the_portable_cell():
+    """DropPath in training: with the same seed the kernel and the broadcasting Mul draw the same mask, and
+    outputs and input gradients are equal bit for bit (one float32 product per element either way); dropped
+    samples are zero, kept ones scaled by 1 / keep_prob."""
+    x = f32(RNG.standard_normal((16, 5, 8)))
+    weight = f32(RNG.standard_normal((16, 5, 8)))
+
+    def build():
+        ms.set_seed(7)
+        cell = DropPath(0.5)
+        cell.set_train(True)
+        return cell
+    fused = build()
+    with fused_cpu.disabled():
+        portable = build()
+    assert fused.scale_samples is not None and portable.scale_samples is None
+    y, y_portable = fused(t(x)).asnumpy(), portable(t(x)).asnumpy()
+    np.testing.assert_array_equal(y, y_portable)
+    kept = np.abs(y).reshape(16, -1).max(axis=1) > 0
+    assert 0 < kept.sum() < 16
+    np.testing.assert_array_equal(y[kept], x[kept] * 2)
+    (dx, _), (dx_portable, _) = _grads(fused, x, weight), _grads(portable, x, weight)
+    np.testing.assert_array_equal(dx.asnumpy(), dx_portable.asnumpy())
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1e9])

@@ -11,7 +11,8 @@ compression plan and size-weighted merge as index maps (``compression.cc``: the 
 assignment matrices made a compression block cost more memory than a dense block), and the linear layers
 and attention products on oneDNN's sgemm (``gemm.cc``, with the bias, a skip connection or the GELU in
 the same pass, and the heads written merged; at inference the whole attention, scores, softmax and values
-per (image, head) from the qkv projection read in place; the oneDNN library is the one MindSpore ships).
+per (image, head) from the qkv projection read in place; the oneDNN library is the one MindSpore ships),
+and drop path's per-sample scaling (``drop_path.cc``).
 They are compiled together, with the system's C++ compiler, into one library in a per-user cache the
 first time a model is built on the CPU backend (``MINDPPT_KERNEL_CACHE``, default
 ``~/.cache/mindppt/kernels``, or a per-user temporary directory when that is not writable). Anything that
@@ -52,7 +53,7 @@ from mindppt.io import atomic_output, atomic_write
 _KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels")
 # every source is part of the library's hash; the .cc files are compiled together
 _SOURCES = ("common.h", "gelu.cc", "layer_norm.cc", "softmax.cc", "layout.cc", "compression.cc", "gemm.cc",
-            "exports.map")
+            "drop_path.cc", "exports.map")
 _PREFIX = "mindppt_cpu"
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the loops; no -ffast-math, so inf/nan behave.
 _BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
@@ -303,6 +304,15 @@ def swap_axes_op(library=None):
     if library is None:
         return None
     return _custom(library, "MindpptSwapAxes12", lambda x: (x[0], x[2], x[1], x[3]), _first)
+
+
+def scale_samples_op(library=None):
+    """(x (B, ...), scale (B, 1, ...)) -> x with sample b multiplied by scale[b] (drop path, and its gradient
+    for x), or None."""
+    library = library or library_path()
+    if library is None:
+        return None
+    return _custom(library, "MindpptScaleSamples", _first, _first)
 
 
 def patchify_op(patch_size, library=None):

@@ -197,13 +197,37 @@ class Dropout(_RandomKeep):
         return x * self.keep_mask(x.shape, x.dtype)
 
 
-class DropPath(_RandomKeep):
-    """Stochastic depth per sample (identity at inference or with p = 0)."""
+class _ScaleSamples(nn.Cell):
+    """The CPU kernel multiplying each sample by its factor, with its gradient for x (the factors come from
+    a random draw and get none)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def construct(self, x, scale):
+        return self.kernel(x, scale)
+
+    def bprop(self, x, scale, out, dout):
+        return self.kernel(dout, scale), ops.zeros_like(scale)
+
+
+class DropPath(_Float32Kernels, _RandomKeep):
+    """Stochastic depth per sample (identity at inference or with p = 0). On the CPU backend float32 samples
+    are scaled by a kernel (:mod:`.fused_cpu`) instead of a broadcasting ``Mul``."""
+
+    def __init__(self, drop_prob):
+        super().__init__(drop_prob)
+        kernel = fused_cpu.scale_samples_op() if self.uniform is not None else None
+        self.scale_samples = _ScaleSamples(kernel) if kernel is not None else None
 
     def construct(self, x):
         if self.uniform is None or not self.training:
             return x
-        return x * self.keep_mask((x.shape[0], 1, 1), x.dtype)
+        mask = self.keep_mask((x.shape[0], 1, 1), x.dtype)
+        if self.scale_samples is not None and self.float32_kernels and x.dtype == ms.float32:
+            return self.scale_samples(x, mask)
+        return x * mask
 
 
 class GELU(_Float32Kernels, nn.Cell):

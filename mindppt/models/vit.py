@@ -311,7 +311,7 @@ class _PatchLinear(_LinearFn):
     MindSpore's Reshape of the weight copied it on every forward."""
 
     def bprop(self, x, weight, bias, out, dout):
-        if self.input_grad_kernel is not None:
+        if self.input_grad_kernel is not None:  # the gradient kernels read the weight as (N, K) too
             dx, dw, db = super().bprop(x, weight, bias, out, dout)
         else:
             dx, dw, db = super().bprop(x, weight.reshape(weight.shape[0], -1), bias, out, dout)

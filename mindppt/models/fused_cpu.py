@@ -392,7 +392,7 @@ def _onednn_loaded():
 def linear_ops(library=None):
     """``(linear, linear_residual, linear_gelu)``, or None: linear(x (..., K), w (N, K), b (N)) -> x w^T + b
     (..., N), every leading axis a row; linear_residual(x, w, b, residual (..., N)) -> residual + x w^T + b;
-    linear_gelu(x, w, b) -> gelu(x w^T + b). Forward only: the cells of :mod:`.vit` give their gradients."""
+    linear_gelu(x, w, b) -> gelu(x w^T + b). Their gradients: :func:`linear_grad_ops`."""
     library = library or library_path()
     if library is None or not _onednn_loaded():
         return None

@@ -6,6 +6,8 @@
 // blocks of rows (or of output columns when it has few rows), attention by (batch, head).
 #include <dlfcn.h>
 
+#include <algorithm>
+
 #include "common.h"
 
 namespace {
@@ -27,6 +29,21 @@ constexpr int64_t kColumnBlock = 64;
 // thread, so they find them in its cache. DeiT-S at batch 8 ran 8-9% faster so; below about 256 rows
 // (batch 1) the per-thread products got too small and the split by columns was faster.
 constexpr int64_t kRowSplitRows = 256;
+
+// fn(r0, r1, c0, c1) for each thread's part of an output of `rows` x `columns`: blocks of whole rows from
+// kRowSplitRows rows on, else blocks of kColumnBlock columns.
+template <typename Fn>
+void SplitRowsOrColumns(int64_t rows, int64_t columns, int64_t work_per_row, int64_t work_per_block, Fn fn) {
+  if (rows >= kRowSplitRows) {
+    mindppt::ParallelFor(rows, work_per_row,
+                         [=](unsigned, int64_t r0, int64_t r1) { fn(r0, r1, int64_t{0}, columns); });
+    return;
+  }
+  const int64_t blocks = (columns + kColumnBlock - 1) / kColumnBlock;
+  mindppt::ParallelFor(blocks, work_per_block, [=](unsigned, int64_t first, int64_t last) {
+    fn(int64_t{0}, rows, first * kColumnBlock, std::min(last * kColumnBlock, columns));
+  });
+}
 
 // The rows [r0, r1) and columns [c0, c1) of y = x w^T + bias (+ residual), then epilogue(row segment,
 // length). The sgemm overwrites y (beta 0) and the bias and skip connection are added row by row after
@@ -53,8 +70,7 @@ void LinearTile(const float *x, const float *w, const float *bias, const float *
   }
 }
 
-// x (R, K), w (N, K), y (R, N): each thread computes a block of rows (kRowSplitRows rows or more) or else
-// a block of columns.
+// x (R, K), w (N, K), y (R, N), split between the threads by SplitRowsOrColumns.
 template <typename Epilogue>
 int Linear(void **params, int *ndims, int64_t **shapes, bool with_residual, Epilogue epilogue) {
   const Sgemm sgemm = FindSgemm();
@@ -67,16 +83,8 @@ int Linear(void **params, int *ndims, int64_t **shapes, bool with_residual, Epil
   // x (..., K): every leading axis is a row
   const int64_t rows = mindppt::NumElements(ndims[0] - 1, shapes[0]), depth = shapes[0][ndims[0] - 1];
   const int64_t width = shapes[1][0];
-  if (rows >= kRowSplitRows) {
-    mindppt::ParallelFor(rows, width * depth, [=](unsigned, int64_t first, int64_t last) {
-      LinearTile(x, w, bias, residual, y, depth, width, first, last, 0, width, sgemm, epilogue);
-    });
-    return 0;
-  }
-  const int64_t blocks = (width + kColumnBlock - 1) / kColumnBlock;
-  mindppt::ParallelFor(blocks, rows * depth, [=](unsigned, int64_t first, int64_t last) {
-    const int64_t c0 = first * kColumnBlock, c1 = last * kColumnBlock < width ? last * kColumnBlock : width;
-    LinearTile(x, w, bias, residual, y, depth, width, 0, rows, c0, c1, sgemm, epilogue);
+  SplitRowsOrColumns(rows, width, width * depth, rows * depth, [=](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    LinearTile(x, w, bias, residual, y, depth, width, r0, r1, c0, c1, sgemm, epilogue);
   });
   return 0;
 }
@@ -114,16 +122,9 @@ extern "C" int MindpptLinearGradInput(int nparam, void **params, int *ndims, int
   float *dx = static_cast<float *>(params[2]);
   const int64_t rows = mindppt::NumElements(ndims[0] - 1, shapes[0]), width = shapes[0][ndims[0] - 1];
   const int64_t depth = mindppt::NumElements(ndims[1] - 1, shapes[1] + 1);
-  if (rows >= kRowSplitRows) {
-    mindppt::ParallelFor(rows, width * depth, [=](unsigned, int64_t r0, int64_t r1) {
-      sgemm('N', 'N', r1 - r0, depth, width, 1.0f, dy + r0 * width, width, w, depth, 0.0f, dx + r0 * depth, depth);
-    });
-    return 0;
-  }
-  const int64_t blocks = (depth + kColumnBlock - 1) / kColumnBlock;
-  mindppt::ParallelFor(blocks, rows * width, [=](unsigned, int64_t first, int64_t last) {
-    const int64_t c0 = first * kColumnBlock, c1 = last * kColumnBlock < depth ? last * kColumnBlock : depth;
-    sgemm('N', 'N', rows, c1 - c0, width, 1.0f, dy, width, w + c0, depth, 0.0f, dx + c0, depth);
+  SplitRowsOrColumns(rows, depth, width * depth, rows * width, [=](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    sgemm('N', 'N', r1 - r0, c1 - c0, width, 1.0f, dy + r0 * width, width, w + c0, depth, 0.0f, dx + r0 * depth + c0,
+          depth);
   });
   return 0;
 }
@@ -142,7 +143,7 @@ extern "C" int MindpptLinearGradWeight(int nparam, void **params, int *ndims, in
   const int64_t depth = shapes[1][ndims[1] - 1];
   const int64_t blocks = (width + kColumnBlock - 1) / kColumnBlock;
   mindppt::ParallelFor(blocks, rows * depth, [=](unsigned, int64_t first, int64_t last) {
-    const int64_t n0 = first * kColumnBlock, n1 = last * kColumnBlock < width ? last * kColumnBlock : width;
+    const int64_t n0 = first * kColumnBlock, n1 = std::min(last * kColumnBlock, width);
     sgemm('T', 'N', n1 - n0, depth, rows, 1.0f, dy + n0, width, x, depth, 0.0f, dw + n0 * depth, depth);
     thread_local std::vector<double> sums;
     sums.assign(n1 - n0, 0.0);
